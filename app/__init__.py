@@ -1,0 +1,93 @@
+"""Tally: counts visitors without storing who they are."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+from flask import Flask, Response, g
+from flask_migrate import Migrate
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .buildinfo import VersionFileError, load_build_info
+from .config import Config, load_config_or_exit
+from .db import engine_options, prepare_sqlite
+from .errors import register_error_handlers
+from .logs import REQUEST_ID_HEADER, assign_request_id, configure_logging
+from .metrics import init_metrics
+from .models import db
+from .state import Tally
+from .views import bp
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Visits are GETs; nothing legitimate sends a body, so refuse anything sizeable before reading it.
+MAX_REQUEST_BODY_BYTES = 16 * 1024
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    config = config or load_config_or_exit()
+    configure_logging(config.log_level)
+    try:
+        build = load_build_info(config)
+    except VersionFileError as exc:
+        raise SystemExit(f"tally: {exc}") from None
+
+    app = Flask(__name__)
+    if app.debug:
+        raise SystemExit("tally: refusing to start with the Flask debugger enabled (unset FLASK_DEBUG)")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=config.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(config),
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BODY_BYTES,
+    )
+    if config.trusted_proxy_hops:
+        hops = config.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    if config.database_is_default:
+        Path(config.database_url.database or "").parent.mkdir(parents=True, exist_ok=True)
+        log.warning(
+            "DATABASE_URL is not set: using SQLite for local development", extra={"path": config.database_url.database}
+        )
+
+    db.init_app(app)
+    Migrate(app, db, directory=str(MIGRATIONS_DIR))
+    with app.app_context():
+        engine = db.engine
+    if not config.is_postgres:
+        prepare_sqlite(engine)
+    metrics = init_metrics(app, config, build)
+    metrics.watch_pool(engine, config.db_pool_size if config.is_postgres else 0)
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert head is not None, "the migrations directory has no revision"
+    Tally(config=config, build=build, metrics=metrics, engine=engine, head_revision=head).install(app)
+
+    if config.sentry_dsn:
+        _init_sentry(config, build.version)
+
+    app.before_request(assign_request_id)
+
+    @app.after_request
+    def _tag_response(response: Response) -> Response:
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        return response
+
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    log.info("tally started", extra={"version": build.version, "database": config.database_url.get_backend_name()})
+    return app
+
+
+def _init_sentry(config: Config, release: str) -> None:
+    import sentry_sdk
+    from sentry_sdk.integrations.flask import FlaskIntegration
+
+    sentry_sdk.init(
+        dsn=config.sentry_dsn,
+        release=release,
+        environment=config.sentry_environment,
+        traces_sample_rate=config.sentry_traces_sample_rate,
+        integrations=[FlaskIntegration()],
+        send_default_pii=False,
+    )

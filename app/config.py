@@ -1,0 +1,243 @@
+"""Configuration: read from the environment once, validated, into one typed object.
+
+A bad value raises ``ConfigError`` naming the variable; ``create_app`` and
+``gunicorn.conf.py`` turn it into one readable line and a non-zero exit, so an
+operator never meets a traceback at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENVIRONMENTS = ("production", "development")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_SECRET_KEY_LENGTH = 32
+# Values an operator may have copied from an example file without replacing them.
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "example", "placeholder")
+DEV_SECRET_KEY = "development-only-insecure-secret-key-do-not-deploy"  # noqa: S105 - refused in production
+DEV_DATABASE_PATH = Path("instance") / "tally-dev.sqlite3"
+
+
+class ConfigError(ValueError):
+    """One invalid environment variable; ``str()`` is the line shown to the operator."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Config:
+    environment: str
+    database_url: URL
+    database_is_default: bool
+    secret_key: bytes
+    user_name: str
+    user_url: str
+    trusted_proxy_hops: int
+    log_level: str
+    sentry_dsn: str | None
+    sentry_environment: str
+    sentry_traces_sample_rate: float
+    db_pool_size: int
+    db_max_overflow: int
+    db_pool_timeout: float
+    db_connect_timeout: int
+    db_statement_timeout_ms: int
+    build_number: str | None
+    git_commit: str | None
+    port: int
+    metrics_port: int
+    web_concurrency: int
+    gunicorn_threads: int
+    gunicorn_timeout: int
+    gunicorn_graceful_timeout: int
+    prometheus_multiproc_dir: str | None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.get_backend_name() == "postgresql"
+
+
+class _Environment:
+    """Typed accessors over the process environment (or a mapping in tests)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return default
+        return value.strip()
+
+    def secret(self, name: str) -> str | None:
+        """A secret from NAME or from the file named by NAME_FILE (Docker secrets)."""
+        direct = self.text(name)
+        file_name = self.text(f"{name}_FILE")
+        if direct is not None and file_name is not None:
+            raise ConfigError(name, f"set either {name} or {name}_FILE, not both")
+        if file_name is None:
+            return direct
+        try:
+            content = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE", f"cannot read {file_name}: {exc.strerror}") from None
+        if not content:
+            raise ConfigError(f"{name}_FILE", f"{file_name} is empty")
+        return content
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected a whole number, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected a number, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+        raw = self.text(name, default)
+        assert raw is not None
+        value = raw.upper() if upper else raw.lower()
+        if value not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+
+def _database_url(env: _Environment, environment: str) -> tuple[URL, bool]:
+    raw = env.secret("DATABASE_URL")
+    if raw is None:
+        if environment == "production":
+            raise ConfigError(
+                "DATABASE_URL", "required when TALLY_ENV=production (or set TALLY_ENV=development for SQLite)"
+            )
+        return make_url(f"sqlite:///{DEV_DATABASE_PATH.resolve()}"), True
+    if raw.startswith("postgres://"):
+        # Heroku-style URLs; SQLAlchemy 1.4+ only knows the "postgresql" name.
+        raw = "postgresql://" + raw.removeprefix("postgres://")
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(
+            "DATABASE_URL", "not a valid database URL (expected postgresql://user@host:5432/db)"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        raise ConfigError("DATABASE_URL", f"unsupported database {backend!r}; use postgresql or sqlite")
+    if backend == "postgresql":
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg2")
+        if not url.host or not url.database:
+            raise ConfigError("DATABASE_URL", "needs a host and a database name")
+        password = env.secret("DATABASE_PASSWORD")
+        if password is not None:
+            if url.password:
+                raise ConfigError("DATABASE_PASSWORD", "the DATABASE_URL already carries a password")
+            url = url.set(password=password)
+    return url, False
+
+
+def _secret_key(env: _Environment, environment: str) -> bytes:
+    key = env.secret("SECRET_KEY")
+    if key is None:
+        if environment == "production":
+            raise ConfigError(
+                "SECRET_KEY",
+                "required in production; run scripts/init-secrets.sh or set SECRET_KEY_FILE to a file of 32+ random characters",
+            )
+        return DEV_SECRET_KEY.encode()
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError("SECRET_KEY", f"must be at least {MIN_SECRET_KEY_LENGTH} characters, got {len(key)}")
+    if environment == "production" and any(marker in key.lower() for marker in PLACEHOLDER_MARKERS):
+        raise ConfigError(
+            "SECRET_KEY", "still holds an example placeholder; generate a real secret (scripts/init-secrets.sh)"
+        )
+    return key.encode()
+
+
+def _user_url(env: _Environment) -> str:
+    url = env.text("USER_URL", "#")
+    assert url is not None
+    # The value lands in an href: anything but http(s) could run script in the visitor's browser.
+    if url != "#" and urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigError("USER_URL", f"must be an http(s) URL or '#', got {url!r}")
+    return url
+
+
+def _optional_token(env: _Environment, name: str, allowed: str) -> str | None:
+    value = env.text(name)
+    if value is not None and (len(value) > 64 or any(ch not in allowed for ch in value)):
+        raise ConfigError(name, f"must be at most 64 characters of [{allowed[:12]}...], got {value!r}")
+    return value
+
+
+_DIGITS = "0123456789"
+_HEX = "0123456789abcdefABCDEF"
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    env = _Environment(os.environ if environ is None else environ)
+    environment = env.choice("TALLY_ENV", "production", ENVIRONMENTS)
+    database_url, database_is_default = _database_url(env, environment)
+    user_name = env.text("USER_NAME", "n/a")
+    assert user_name is not None
+    if len(user_name) > 100:
+        raise ConfigError("USER_NAME", "must be at most 100 characters")
+    return Config(
+        environment=environment,
+        database_url=database_url,
+        database_is_default=database_is_default,
+        secret_key=_secret_key(env, environment),
+        user_name=user_name,
+        user_url=_user_url(env),
+        trusted_proxy_hops=env.integer("TRUSTED_PROXY_HOPS", 0, 0, 5),
+        log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        sentry_dsn=env.secret("SENTRY_DSN"),
+        sentry_environment=env.text("SENTRY_ENVIRONMENT", environment) or environment,
+        sentry_traces_sample_rate=env.number("SENTRY_TRACES_SAMPLE_RATE", 0.0, 0.0, 1.0),
+        db_pool_size=env.integer("DB_POOL_SIZE", 4, 1, 100),
+        db_max_overflow=env.integer("DB_MAX_OVERFLOW", 2, 0, 100),
+        db_pool_timeout=env.number("DB_POOL_TIMEOUT", 3.0, 0.1, 60.0),
+        db_connect_timeout=env.integer("DB_CONNECT_TIMEOUT", 2, 1, 60),
+        db_statement_timeout_ms=env.integer("DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
+        build_number=_optional_token(env, "BUILD_NUMBER", _DIGITS),
+        git_commit=_optional_token(env, "GIT_COMMIT", _HEX),
+        port=env.integer("PORT", 8000, 1, 65535),
+        metrics_port=env.integer("METRICS_PORT", 9200, 1, 65535),
+        web_concurrency=env.integer("WEB_CONCURRENCY", 2, 1, 64),
+        gunicorn_threads=env.integer("GUNICORN_THREADS", 4, 1, 64),
+        gunicorn_timeout=env.integer("GUNICORN_TIMEOUT", 30, 1, 600),
+        gunicorn_graceful_timeout=env.integer("GUNICORN_GRACEFUL_TIMEOUT", 20, 1, 600),
+        prometheus_multiproc_dir=env.text("PROMETHEUS_MULTIPROC_DIR"),
+    )
+
+
+def load_config_or_exit(environ: Mapping[str, str] | None = None) -> Config:
+    """For process entry points: one readable line on stderr and exit status 2."""
+    try:
+        return load_config(environ)
+    except ConfigError as exc:
+        raise SystemExit(f"tally: invalid configuration: {exc}") from None

@@ -1,0 +1,189 @@
+"""Recording a visit and reading the totals.
+
+PostgreSQL does a visit in one statement (one round trip, its own transaction): the visitor upsert,
+the daily and total counter shards and the totals read are chained with data-modifying CTEs, so a
+visit can neither lose an update nor fail on a first-visit race. SQLite (development only) does the
+same steps inside one ``BEGIN IMMEDIATE`` transaction, which serialises writers on that file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, Boolean, Date, Engine, LargeBinary, SmallInteger, bindparam, text
+from sqlalchemy.engine import Connection
+
+from .models import COUNTER_SHARDS
+
+STATS_DAYS = 30
+
+
+@dataclass(frozen=True)
+class VisitResult:
+    visits: int
+    is_new_visitor: bool
+    is_new_today: bool
+    total_visitors: int
+    today_visitors: int
+
+
+@dataclass(frozen=True)
+class DailyUniques:
+    day: dt.date
+    unique_visitors: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    total_visitors: int
+    total_visits: int
+    daily: tuple[DailyUniques, ...]
+
+
+_VISIT_PARAMS = (
+    bindparam("key", type_=LargeBinary),
+    bindparam("today", type_=Date),
+    bindparam("shard", type_=SmallInteger),
+)
+
+# xmax = 0 only on a freshly inserted row: the portable way to tell insert from update in one upsert.
+_POSTGRES_VISIT = (
+    text(
+        """
+    WITH visitor AS (
+        INSERT INTO visitors AS v (visitor_key, visits, first_seen, last_seen, last_day, prev_day)
+        VALUES (:key, 1, now(), now(), :today, NULL)
+        ON CONFLICT (visitor_key) DO UPDATE
+           SET visits = v.visits + 1, last_seen = now(), prev_day = v.last_day, last_day = EXCLUDED.last_day
+        RETURNING visits, (xmax = 0) AS is_new_visitor, (prev_day IS DISTINCT FROM last_day) AS is_new_today
+    ), flags AS (
+        SELECT visits, is_new_visitor, is_new_today,
+               is_new_visitor::int AS new_visitor, is_new_today::int AS new_today
+          FROM visitor
+    ), daily AS (
+        INSERT INTO daily_shards AS d (day, shard, visits, unique_visitors, new_visitors)
+        SELECT :today, :shard, 1, new_today, new_visitor FROM flags
+        ON CONFLICT (day, shard) DO UPDATE
+           SET visits = d.visits + 1,
+               unique_visitors = d.unique_visitors + EXCLUDED.unique_visitors,
+               new_visitors = d.new_visitors + EXCLUDED.new_visitors
+    ), total AS (
+        INSERT INTO total_shards AS t (shard, visits, visitors)
+        SELECT :shard, 1, new_visitor FROM flags
+        ON CONFLICT (shard) DO UPDATE
+           SET visits = t.visits + 1, visitors = t.visitors + EXCLUDED.visitors
+    )
+    -- The sub-selects see the snapshot from before this statement, so add our own increments.
+    SELECT f.visits, f.is_new_visitor, f.is_new_today,
+           (SELECT coalesce(sum(visitors), 0) FROM total_shards) + f.new_visitor AS total_visitors,
+           (SELECT coalesce(sum(unique_visitors), 0) FROM daily_shards WHERE day = :today) + f.new_today
+               AS today_visitors
+      FROM flags f
+    """
+    )
+    .bindparams(*_VISIT_PARAMS)
+    .columns(
+        visits=BigInteger,
+        is_new_visitor=Boolean,
+        is_new_today=Boolean,
+        total_visitors=BigInteger,
+        today_visitors=BigInteger,
+    )
+)
+
+_SQLITE_SELECT_VISITOR = (
+    text("SELECT visits, last_day FROM visitors WHERE visitor_key = :key")
+    .bindparams(bindparam("key", type_=LargeBinary))
+    .columns(visits=BigInteger, last_day=Date)
+)
+_SQLITE_INSERT_VISITOR = text(
+    "INSERT INTO visitors (visitor_key, visits, first_seen, last_seen, last_day, prev_day)"
+    " VALUES (:key, 1, :now, :now, :today, NULL)"
+)
+_SQLITE_UPDATE_VISITOR = text(
+    "UPDATE visitors SET visits = visits + 1, last_seen = :now, prev_day = last_day, last_day = :today"
+    " WHERE visitor_key = :key"
+)
+_SQLITE_COUNTERS = (
+    text(
+        "INSERT INTO daily_shards (day, shard, visits, unique_visitors, new_visitors)"
+        " VALUES (:today, :shard, 1, :new_today, :new_visitor)"
+        " ON CONFLICT (day, shard) DO UPDATE SET visits = visits + 1,"
+        " unique_visitors = unique_visitors + excluded.unique_visitors,"
+        " new_visitors = new_visitors + excluded.new_visitors"
+    ),
+    text(
+        "INSERT INTO total_shards (shard, visits, visitors) VALUES (:shard, 1, :new_visitor)"
+        " ON CONFLICT (shard) DO UPDATE SET visits = visits + 1, visitors = visitors + excluded.visitors"
+    ),
+)
+_SQLITE_TOTALS = (
+    text(
+        "SELECT (SELECT coalesce(sum(visitors), 0) FROM total_shards) AS total_visitors,"
+        " (SELECT coalesce(sum(unique_visitors), 0) FROM daily_shards WHERE day = :today) AS today_visitors"
+    )
+    .bindparams(bindparam("today", type_=Date))
+    .columns(total_visitors=BigInteger, today_visitors=BigInteger)
+)
+
+_TOTALS = text(
+    "SELECT coalesce(sum(visitors), 0) AS visitors, coalesce(sum(visits), 0) AS visits FROM total_shards"
+).columns(visitors=BigInteger, visits=BigInteger)
+_DAILY = (
+    text(
+        "SELECT day, sum(unique_visitors) AS unique_visitors FROM daily_shards"
+        " WHERE day > :since GROUP BY day ORDER BY day"
+    )
+    .bindparams(bindparam("since", type_=Date))
+    .columns(day=Date, unique_visitors=BigInteger)
+)
+
+
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def record_visit(engine: Engine, key: bytes, today: dt.date | None = None) -> VisitResult:
+    day = today or utc_today()
+    shard = random.randrange(COUNTER_SHARDS)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            row = connection.execute(_POSTGRES_VISIT, {"key": key, "today": day, "shard": shard}).one()
+        return VisitResult(row.visits, row.is_new_visitor, row.is_new_today, row.total_visitors, row.today_visitors)
+    with engine.begin() as connection:
+        return _record_visit_sqlite(connection, key, day, shard)
+
+
+def _record_visit_sqlite(connection: Connection, key: bytes, day: dt.date, shard: int) -> VisitResult:
+    now = dt.datetime.now(dt.UTC).isoformat(sep=" ")
+    existing = connection.execute(_SQLITE_SELECT_VISITOR, {"key": key}).first()
+    params = {"key": key, "now": now, "today": day.isoformat(), "shard": shard}
+    if existing is None:
+        connection.execute(_SQLITE_INSERT_VISITOR, params)
+        visits, is_new_visitor, is_new_today = 1, True, True
+    else:
+        connection.execute(_SQLITE_UPDATE_VISITOR, params)
+        visits, is_new_visitor, is_new_today = existing.visits + 1, False, existing.last_day != day
+    flags = {"new_visitor": int(is_new_visitor), "new_today": int(is_new_today)}
+    for statement in _SQLITE_COUNTERS:
+        connection.execute(statement, params | flags)
+    totals = connection.execute(_SQLITE_TOTALS, {"today": day}).one()
+    return VisitResult(visits, is_new_visitor, is_new_today, totals.total_visitors, totals.today_visitors)
+
+
+def read_stats(engine: Engine, today: dt.date | None = None) -> Stats:
+    day = today or utc_today()
+    first_day = day - dt.timedelta(days=STATS_DAYS - 1)
+    with engine.connect() as connection:
+        totals = connection.execute(_TOTALS).one()
+        per_day = {
+            row.day: row.unique_visitors
+            for row in connection.execute(_DAILY, {"since": first_day - dt.timedelta(days=1)})
+        }
+    daily = tuple(
+        DailyUniques(first_day + dt.timedelta(days=offset), per_day.get(first_day + dt.timedelta(days=offset), 0))
+        for offset in range(STATS_DAYS)
+    )
+    return Stats(total_visitors=totals.visitors, total_visits=totals.visits, daily=daily)

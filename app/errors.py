@@ -1,0 +1,73 @@
+"""Every failure gets an honest status code and a friendly body; a database outage is a 503."""
+
+from __future__ import annotations
+
+import logging
+
+import sentry_sdk
+from flask import Flask, Response, jsonify, render_template, request
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from .state import tally
+from .views import BadClientAddress, request_id
+
+log = logging.getLogger(__name__)
+JSON_PREFIXES = ("/api/", "/version", "/healthz", "/readyz")
+RETRY_AFTER_SECONDS = "5"
+
+
+def _respond(status: int, title: str, message: str) -> Response:
+    if request.path.startswith(JSON_PREFIXES):
+        response = jsonify(error=title, message=message, request_id=request_id())
+    else:
+        state = tally()
+        response = Response(
+            render_template(
+                "error.html",
+                status=status,
+                title=title,
+                message=message,
+                request_id=request_id(),
+                build=state.build,
+                user_name=state.config.user_name,
+                user_url=state.config.user_url,
+            ),
+            mimetype="text/html",
+        )
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def database_unavailable(error: SQLAlchemyError) -> Response:
+    # One line, no traceback: an outage would otherwise flood the log with identical stacks.
+    log.error("database unavailable", extra={"error": type(error).__name__, "detail": str(error).splitlines()[0][:300]})
+    response = _respond(
+        503, "Temporarily unavailable", "We cannot reach our database right now. Please try again shortly."
+    )
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+def bad_client_address(_error: BadClientAddress) -> Response:
+    log.warning("rejected request with an invalid client address")
+    return _respond(400, "Bad request", "Your client address could not be determined.")
+
+
+def http_error(error: HTTPException) -> Response:
+    return _respond(error.code or 500, error.name, error.description or "")
+
+
+def unexpected_error(error: Exception) -> Response:
+    log.exception("unhandled error", extra={"error": type(error).__name__})
+    # A registered handler swallows the exception before Sentry's Flask hook sees it.
+    sentry_sdk.capture_exception(error)
+    return _respond(500, "Internal error", "Something went wrong on our side.")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(SQLAlchemyError, database_unavailable)
+    app.register_error_handler(BadClientAddress, bad_client_address)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)

@@ -1,0 +1,102 @@
+"""Prometheus metrics. Under gunicorn every worker writes to PROMETHEUS_MULTIPROC_DIR and the
+master serves the merged view on METRICS_PORT (see gunicorn.conf.py), so Traefik never routes
+``/metrics``. Each app gets its own registry so tests can build many apps in one process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+from sqlalchemy import Engine, event
+
+from .buildinfo import BuildInfo
+from .config import Config
+
+DB_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+REQUEST_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def path(request: Request) -> str:
+    """Route template as the ``path`` label: raw paths would let any client mint new series."""
+    return request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+
+
+@dataclass(frozen=True)
+class AppMetrics:
+    registry: CollectorRegistry
+    visits: Counter
+    new_visitors: Counter
+    db_query_duration: Histogram
+    db_errors: Counter
+    pool_checked_out: Gauge
+    pool_size: Gauge
+
+    @contextmanager
+    def db_operation(self, operation: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.db_errors.labels(operation=operation).inc()
+            raise
+        finally:
+            self.db_query_duration.labels(operation=operation).observe(time.perf_counter() - started)
+
+    def watch_pool(self, engine: Engine, pool_size: int) -> None:
+        self.pool_size.set(pool_size)
+
+        @event.listens_for(engine, "checkout")
+        def _checkout(*_args: Any) -> None:
+            self.pool_checked_out.inc()
+
+        @event.listens_for(engine, "checkin")
+        def _checkin(*_args: Any) -> None:
+            self.pool_checked_out.dec()
+
+
+def init_metrics(app: Flask, config: Config, build: BuildInfo) -> AppMetrics:
+    registry = CollectorRegistry()
+    exporter_options: dict[str, Any] = {
+        "registry": registry,
+        "group_by": path,
+        "buckets": REQUEST_LATENCY_BUCKETS,
+        "excluded_paths": ["^/static/"],
+    }
+    exporter: PrometheusMetrics
+    if config.prometheus_multiproc_dir:
+        exporter = GunicornPrometheusMetrics(app, **exporter_options)
+    else:
+        exporter = PrometheusMetrics(app, path=None, **exporter_options)
+    exporter.info(
+        "tally_app_info",
+        "Running Tally build",
+        version=build.version,
+        build=build.build or "",
+        commit=build.commit or "",
+    )
+    return AppMetrics(
+        registry=registry,
+        visits=Counter("tally_visits_total", "Visits counted on /", registry=registry),
+        new_visitors=Counter("tally_new_visitors_total", "Visitors seen for the first time", registry=registry),
+        db_query_duration=Histogram(
+            "tally_db_query_duration_seconds",
+            "Database work per request",
+            ["operation"],
+            buckets=DB_LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        db_errors=Counter("tally_db_errors_total", "Database errors per operation", ["operation"], registry=registry),
+        pool_checked_out=Gauge(
+            "tally_db_pool_checked_out", "Database connections in use", registry=registry, multiprocess_mode="livesum"
+        ),
+        pool_size=Gauge(
+            "tally_db_pool_size", "Configured database pool size", registry=registry, multiprocess_mode="livesum"
+        ),
+    )

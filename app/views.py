@@ -1,0 +1,104 @@
+"""HTTP endpoints. Only ``GET /`` counts a visit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, render_template, request
+from sqlalchemy import text
+
+from .counting import VisitResult, read_stats, record_visit
+from .identity import normalise_address, visitor_key
+from .state import tally
+
+log = logging.getLogger(__name__)
+bp = Blueprint("tally", __name__)
+
+# Uptime checkers that poll "/" although they should use /healthz; their polls are not visits.
+PROBE_USER_AGENT_PREFIXES = (
+    "kube-probe/",
+    "Blackbox Exporter/",
+    "GoogleHC/",
+    "ELB-HealthChecker/",
+    "Amazon-Route53-Health-Check-Service",
+    "Consul Health Check",
+    "UptimeRobot/",
+    "Traefik",
+)
+
+
+class BadClientAddress(Exception):
+    """The address our trusted proxies handed us is not an IP address."""
+
+
+def _page(visit: VisitResult | None) -> Response:
+    state = tally()
+    html = render_template(
+        "index.html", visit=visit, build=state.build, user_name=state.config.user_name, user_url=state.config.user_url
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/")
+def index() -> Response:
+    if request.method == "HEAD":
+        response = Response(mimetype="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    user_agent = request.headers.get("User-Agent", "")
+    if user_agent.startswith(PROBE_USER_AGENT_PREFIXES):
+        return _page(None)
+    address = normalise_address(request.remote_addr)
+    if address is None:
+        raise BadClientAddress()
+    state = tally()
+    with state.metrics.db_operation("visit"):
+        visit = record_visit(state.engine, visitor_key(state.config.secret_key, address))
+    state.metrics.visits.inc()
+    if visit.is_new_visitor:
+        state.metrics.new_visitors.inc()
+    return _page(visit)
+
+
+@bp.get("/version")
+def version() -> Response:
+    return jsonify(tally().build.as_dict())
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    state = tally()
+    with state.metrics.db_operation("ready"), state.engine.connect() as connection:
+        revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if revision != state.head_revision:
+        log.warning("schema not at head", extra={"revision": revision, "head": state.head_revision})
+        return jsonify(status="migrations pending", revision=revision, head=state.head_revision), 503
+    return jsonify(status="ready", revision=revision), 200
+
+
+@bp.get("/api/stats")
+def stats() -> Response:
+    state = tally()
+    with state.metrics.db_operation("stats"):
+        result = read_stats(state.engine)
+    body: dict[str, Any] = {
+        "total_visitors": result.total_visitors,
+        "total_visits": result.total_visits,
+        "daily": [{"day": d.day.isoformat(), "unique_visitors": d.unique_visitors} for d in result.daily],
+    }
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def request_id() -> str | None:
+    value: str | None = g.get("request_id")
+    return value

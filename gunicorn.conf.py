@@ -1,0 +1,59 @@
+"""Production gunicorn settings, all taken from the app's validated configuration.
+
+gunicorn loads this file in the master, so an invalid environment stops the server here with one
+readable line, before any worker starts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from app.config import load_config_or_exit
+
+_config = load_config_or_exit()
+
+wsgi_app = "app:create_app()"
+bind = [f"0.0.0.0:{_config.port}"]
+workers = _config.web_concurrency
+worker_class = "gthread"
+threads = _config.gunicorn_threads
+timeout = _config.gunicorn_timeout
+# Must stay below compose's stop_grace_period (30 s) so in-flight requests finish before SIGKILL.
+graceful_timeout = _config.gunicorn_graceful_timeout
+keepalive = 5
+# Header limits: an oversized or endless header block is refused with 400 before Flask sees it.
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+# Logs are JSON from the app and Traefik's access log; gunicorn's own lines go to stderr.
+accesslog = None
+errorlog = "-"
+loglevel = _config.log_level.lower()
+# Worker heartbeat files on tmpfs: the image's filesystem is read-only.
+worker_tmp_dir = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108 - tmpfs, not a shared temp file
+proc_name = "tally"
+
+
+def on_starting(server: Any) -> None:
+    # Files left by a previous run would add dead workers' counters to the new ones.
+    directory = _config.prometheus_multiproc_dir
+    if directory:
+        path = Path(directory)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+
+
+def when_ready(server: Any) -> None:
+    if _config.prometheus_multiproc_dir:
+        from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+        GunicornPrometheusMetrics.start_http_server_when_ready(_config.metrics_port)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if _config.prometheus_multiproc_dir:
+        from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+        GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

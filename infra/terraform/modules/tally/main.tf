@@ -1,0 +1,45 @@
+# Shared lookups and derived values. Resources live in the file of their
+# concern: network, security, compute, storage, dns, backup_bucket, iam,
+# monitoring.
+
+data "aws_region" "current" {}
+
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+data "aws_availability_zones" "available" {
+  count = var.availability_zone == null ? 1 : 0
+  state = "available"
+
+  filter {
+    name   = "opt-in-status"
+    values = ["opt-in-not-required"]
+  }
+}
+
+locals {
+  region     = data.aws_region.current.name
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+
+  # The instance and its data volume must share one zone; the first zone of
+  # the region is stable across plans, so the volume is never re-created.
+  availability_zone = var.availability_zone != null ? var.availability_zone : data.aws_availability_zones.available[0].names[0]
+
+  tags = merge(var.tags, {
+    Project   = "tally"
+    Name      = var.name
+    ManagedBy = "terraform"
+  })
+
+  ssm_parameter_prefix = coalesce(var.ssm_parameter_prefix, "/${var.name}")
+  secret_names         = ["postgres_password", "secret_key", "grafana_admin_password"]
+
+  backup_bucket_name = coalesce(var.backup_bucket_name, "${var.name}-backups-${local.account_id}-${local.region}")
+
+  public_host = var.domain != "" ? var.domain : aws_eip.this.public_ip
+  url         = "https://${local.public_host}"
+
+  create_dns_record = var.route53_zone_id != null && var.domain != ""
+}

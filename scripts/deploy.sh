@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# Health-gated rolling deploy of Tally on one Docker host. Run it in the compose project directory (the one
+# holding compose.yaml and .env). The CI deploy jobs call it over SSH; an operator runs the very same thing.
+#
+#   scripts/deploy.sh registry.example.com/tally:1.3.0-build.57   # full image reference
+#   scripts/deploy.sh 1.3.0-build.57                              # tag only: keeps the current repository
+#   scripts/deploy.sh --rollback                                  # back to the image recorded before the last deploy
+#
+# Order: record the running image -> pull -> `migrate` service -> for every old app replica: start one new
+# replica next to it, wait until Docker reports it healthy, then stop and remove one old replica. Traefik only
+# routes to healthy containers, so capacity never drops below the starting replica count. If a new replica does
+# not become healthy, the new containers are removed, TALLY_IMAGE goes back to the previous image (.env and
+# replicas) and the script exits non-zero.
+#
+# Environment: DOCKER (docker CLI, may be e.g. "sudo docker"), APP_SERVICE (app), MIGRATE_SERVICE (migrate),
+# HEALTH_TIMEOUT seconds per replica (180), HEALTH_POLL_INTERVAL seconds (2), STOP_TIMEOUT seconds for the
+# old replica's graceful stop (30, keep >= gunicorn's graceful timeout), ENV_FILE (.env),
+# DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations.
+set -euo pipefail
+
+DOCKER=${DOCKER:-docker}
+read -r -a DOCKER_CMD <<<"$DOCKER"
+APP_SERVICE=${APP_SERVICE:-app}
+MIGRATE_SERVICE=${MIGRATE_SERVICE:-migrate}
+HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-180}
+HEALTH_POLL_INTERVAL=${HEALTH_POLL_INTERVAL:-2}
+STOP_TIMEOUT=${STOP_TIMEOUT:-30}
+ENV_FILE=${ENV_FILE:-.env}
+STATE_DIR=${DEPLOY_STATE_DIR:-.deploy}
+SKIP_MIGRATE=${SKIP_MIGRATE:-0}
+DEFAULT_IMAGE=tally:local
+
+# Set while running; the EXIT trap uses them to leave .env consistent with what is actually running.
+previous=""
+target=""
+env_touched=0
+finished=0
+rolled_back=0
+new_ids=()       # every container this run started
+promoted_ids=()  # new containers that replaced an old one (they carry traffic)
+started_id=""
+
+log() { printf '%s deploy: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+warn() { printf '%s deploy: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { warn "ERROR: $*"; exit 1; }
+short() { printf '%s' "${1:0:12}"; }
+
+usage() {
+    sed -n '2,8s/^# \{0,1\}//p' "$0" >&2
+    exit 2
+}
+
+docker_() { "${DOCKER_CMD[@]}" "$@"; }
+# TALLY_IMAGE is exported, so every compose call interpolates exactly the image being rolled out,
+# whatever an operator's shell happens to export.
+compose() { "${DOCKER_CMD[@]}" compose "$@"; }
+
+running_app_ids() { compose ps -q --status running "$APP_SERVICE"; }
+
+env_get() {
+    [[ -f $ENV_FILE ]] || return 0
+    sed -n 's/^[[:space:]]*TALLY_IMAGE[[:space:]]*=[[:space:]]*//p' "$ENV_FILE" | tail -n 1 | tr -d "\"'"
+}
+
+env_set() {
+    local value=$1 tmp
+    if [[ -f $ENV_FILE ]] && grep -Eq '^[[:space:]]*TALLY_IMAGE[[:space:]]*=' "$ENV_FILE"; then
+        tmp=$(mktemp)
+        awk -v v="$value" '/^[[:space:]]*TALLY_IMAGE[[:space:]]*=/ { print "TALLY_IMAGE=" v; next } { print }' \
+            "$ENV_FILE" >"$tmp"
+        # Rewrite in place: .env holds secrets, its owner and mode must not change.
+        cat "$tmp" >"$ENV_FILE"
+        rm -f "$tmp"
+    else
+        printf 'TALLY_IMAGE=%s\n' "$value" >>"$ENV_FILE"
+    fi
+}
+
+use_image() {
+    export TALLY_IMAGE=$1
+    env_set "$1"
+    env_touched=1
+}
+
+# Repository part of an image reference (drops :tag and @digest; a registry port is not a tag).
+repository_of() {
+    local ref=${1%%@*} last
+    last=${ref##*/}
+    [[ $last == *:* ]] && ref=${ref%:*}
+    printf '%s' "$ref"
+}
+
+contains() {
+    local needle=$1 item
+    shift
+    for item in "$@"; do [[ $item == "$needle" ]] && return 0; done
+    return 1
+}
+
+# Wait until a container's Docker health check says healthy. Fails fast on unhealthy or exited.
+wait_healthy() {
+    local id=$1 label=$2 state started=$SECONDS deadline=$((SECONDS + HEALTH_TIMEOUT))
+    while :; do
+        state=$(docker_ inspect --format \
+            '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id" 2>/dev/null) ||
+            state=missing/none
+        case $state in
+            running/healthy)
+                log "$label $(short "$id") healthy after $((SECONDS - started))s"
+                return 0
+                ;;
+            */unhealthy)
+                warn "$label $(short "$id") is unhealthy"
+                return 1
+                ;;
+            running/none)
+                warn "$label $(short "$id") has no health check; refusing an ungated rollout"
+                return 1
+                ;;
+            running/* | created/* | restarting/*) ;;
+            *)
+                warn "$label $(short "$id") is $state"
+                return 1
+                ;;
+        esac
+        if ((SECONDS >= deadline)); then
+            warn "$label $(short "$id") not healthy within ${HEALTH_TIMEOUT}s (last state $state)"
+            return 1
+        fi
+        sleep "$HEALTH_POLL_INTERVAL"
+    done
+}
+
+# Start one replica with the current TALLY_IMAGE next to the running ones; its id lands in $started_id.
+# (A global, not stdout: new_ids must be updated in this shell, not in a command substitution's subshell.)
+start_one() {
+    local before after id count fresh=()
+    started_id=""
+    mapfile -t before < <(running_app_ids) || return 1
+    count=${#before[@]}
+    compose up -d --no-deps --scale "$APP_SERVICE=$((count + 1))" --no-recreate "$APP_SERVICE" || return 1
+    mapfile -t after < <(running_app_ids) || return 1
+    for id in "${after[@]}"; do
+        contains "$id" "${before[@]}" || fresh+=("$id")
+    done
+    new_ids+=("${fresh[@]}")
+    if ((${#fresh[@]} != 1)); then
+        warn "expected exactly one new $APP_SERVICE container, found ${#fresh[@]}: ${fresh[*]}"
+        return 1
+    fi
+    started_id=${fresh[0]}
+}
+
+stop_remove() {
+    local id=$1
+    docker_ stop --time "$STOP_TIMEOUT" "$id" >/dev/null || return 1
+    docker_ rm "$id" >/dev/null
+}
+
+# Replace one running container by a fresh one of TALLY_IMAGE; the old one goes only once the new is healthy.
+replace_one() {
+    local old=$1 label=$2 new
+    start_one || return 1
+    new=$started_id
+    log "$label started $(short "$new") ($TALLY_IMAGE), waiting for healthy (timeout ${HEALTH_TIMEOUT}s)"
+    wait_healthy "$new" "$label" || return 1
+    promoted_ids+=("$new")
+    log "$label stopping old replica $(short "$old")"
+    stop_remove "$old" || return 1
+    log "$label replaced $(short "$old") -> $(short "$new")"
+}
+
+rollback() {
+    local reason=$1 id i=0 failed=() to_swap=() running
+    rolled_back=1
+    warn "ROLLBACK ($reason): returning to $previous"
+    use_image "$previous"
+    # New containers that never became healthy carry no traffic: remove at once.
+    for id in "${new_ids[@]}"; do
+        contains "$id" "${promoted_ids[@]}" || failed+=("$id")
+    done
+    for id in "${failed[@]}"; do
+        warn "rollback: removing new replica $(short "$id")"
+        docker_ rm -f "$id" >/dev/null || warn "rollback: could not remove $(short "$id")"
+    done
+    # Promoted ones serve requests: swap them back one at a time, health-gated like the rollout.
+    to_swap=("${promoted_ids[@]}")
+    for id in "${to_swap[@]}"; do
+        i=$((i + 1))
+        if ! replace_one "$id" "[rollback $i/${#to_swap[@]}]"; then
+            for running in "${new_ids[@]}"; do
+                contains "$running" "${promoted_ids[@]}" || docker_ rm -f "$running" >/dev/null 2>&1 || true
+            done
+            warn "rollback INCOMPLETE: $previous did not become healthy either;" \
+                "kept the healthy replicas of $target: ${to_swap[*]:i-1}"
+            return 1
+        fi
+    done
+    warn "rollback complete: $APP_SERVICE runs $previous"
+}
+
+on_exit() {
+    local rc=$?
+    if ((rc != 0 && finished == 0 && env_touched == 1 && rolled_back == 0)) && [[ -n $previous ]]; then
+        # Died before any replica changed (pull/migrate failed, interrupted): .env must keep naming what runs.
+        if ((${#promoted_ids[@]} == 0)); then
+            for id in "${new_ids[@]}"; do docker_ rm -f "$id" >/dev/null 2>&1 || true; done
+            env_set "$previous"
+            warn "aborted; TALLY_IMAGE restored to $previous"
+        fi
+    fi
+    exit "$rc"
+}
+
+main() {
+    local arg="" mode=deploy old_ids=() n i id
+    while (($#)); do
+        case $1 in
+            --rollback) mode=rollback ;;
+            --skip-migrate) SKIP_MIGRATE=1 ;;
+            -h | --help) usage ;;
+            -*) usage ;;
+            *) [[ -z $arg ]] || usage; arg=$1 ;;
+        esac
+        shift
+    done
+    if [[ $mode == rollback ]]; then
+        [[ -z $arg ]] || usage
+    else
+        [[ -n $arg ]] || usage
+    fi
+
+    mkdir -p "$STATE_DIR"
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$STATE_DIR/lock"
+        flock -n 9 || die "another deploy holds $STATE_DIR/lock"
+    fi
+
+    mapfile -t old_ids < <(running_app_ids)
+    n=${#old_ids[@]}
+    if ((n > 0)); then
+        previous=$(docker_ inspect --format '{{.Config.Image}}' "${old_ids[0]}")
+    fi
+    [[ -n $previous ]] || previous=$(env_get)
+    [[ -n $previous ]] || previous=$DEFAULT_IMAGE
+
+    if [[ $mode == rollback ]]; then
+        [[ -s $STATE_DIR/previous-image ]] || die "no $STATE_DIR/previous-image recorded; pass an image instead"
+        target=$(<"$STATE_DIR/previous-image")
+        # The schema may be ahead of the old image; an old image's migrations cannot run against it.
+        SKIP_MIGRATE=1
+    elif [[ $arg =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
+        target="$(repository_of "$previous"):$arg"
+    else
+        target=$arg
+    fi
+
+    printf '%s\n' "$previous" >"$STATE_DIR/previous-image"
+    printf '%s %s %s -> %s\n' "$(date -u +%FT%TZ)" "$mode" "$previous" "$target" >>"$STATE_DIR/history"
+    log "rolling $APP_SERVICE from $previous to $target ($n running replica(s))"
+
+    use_image "$target"
+
+    log "pulling images"
+    compose pull || die "pull failed; nothing was changed"
+
+    if [[ $SKIP_MIGRATE == 1 ]]; then
+        log "skipping migrations"
+    else
+        log "running migrations ($MIGRATE_SERVICE service)"
+        compose run --rm "$MIGRATE_SERVICE" || die "migrations failed; no replica was replaced"
+    fi
+
+    if ((n == 0)); then
+        log "no running $APP_SERVICE replica: starting fresh"
+        compose up -d --no-deps "$APP_SERVICE" || { rollback "start failed"; exit 1; }
+        mapfile -t new_ids < <(running_app_ids)
+        ((${#new_ids[@]} > 0)) || { rollback "no replica started"; exit 1; }
+        i=0
+        for id in "${new_ids[@]}"; do
+            i=$((i + 1))
+            wait_healthy "$id" "[$i/${#new_ids[@]}]" || { rollback "replica $(short "$id") not healthy"; exit 1; }
+        done
+    else
+        i=0
+        for id in "${old_ids[@]}"; do
+            i=$((i + 1))
+            if ! replace_one "$id" "[$i/$n]"; then
+                rollback "replica $i of $n failed" || true
+                exit 1
+            fi
+        done
+    fi
+
+    finished=1
+    log "deploy complete: $(running_app_ids | wc -l | tr -d ' ') $APP_SERVICE replica(s) on $target"
+}
+
+trap on_exit EXIT
+main "$@"

@@ -1,0 +1,158 @@
+"""A stand-in for the `docker` CLI, just enough for scripts/deploy.sh.
+
+It keeps a simulated set of containers in a JSON state file ($FAKE_DOCKER_STATE) and appends one JSON line
+per call to $FAKE_DOCKER_LOG, so a test can check what the rollout did and in which order.
+
+Scenario knobs in the state file:
+- "plans": list of health sequences for containers created by `compose up`, by creation order; each
+  `inspect` of the health status advances one step and the last step repeats.
+- "image_plans": {image: sequence} used when "plans" has no entry for that creation index.
+- "default_plan": sequence for everything else.
+- "migrate_exit", "pull_exit": exit codes of `compose run --rm migrate` and `compose pull`.
+- "default_replicas": replicas `compose up` starts when no --scale is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+State = dict[str, Any]
+
+
+def load() -> State:
+    with open(os.environ["FAKE_DOCKER_STATE"], encoding="utf-8") as fh:
+        state: State = json.load(fh)
+    return state
+
+
+def save(state: State) -> None:
+    with open(os.environ["FAKE_DOCKER_STATE"], "w", encoding="utf-8") as fh:
+        json.dump(state, fh, indent=1)
+
+
+def record(argv: list[str], **extra: Any) -> None:
+    entry = {"argv": argv, "image_env": os.environ.get("TALLY_IMAGE"), "cwd": os.getcwd(), **extra}
+    with open(os.environ["FAKE_DOCKER_LOG"], "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def find(state: State, cid: str) -> dict[str, Any] | None:
+    for c in state["containers"]:
+        if c["id"] == cid or c["id"].startswith(cid):
+            return c
+    return None
+
+
+def running(state: State, service: str) -> list[dict[str, Any]]:
+    return [c for c in state["containers"] if c["service"] == service and c["status"] == "running"]
+
+
+def create(state: State, service: str) -> None:
+    index = state.setdefault("created", 0)
+    state["created"] = index + 1
+    image = os.environ.get("TALLY_IMAGE", "tally:local")
+    plans = state.get("plans", [])
+    plan = (
+        plans[index]
+        if index < len(plans)
+        else state.get("image_plans", {}).get(image, state.get("default_plan", ["starting", "healthy"]))
+    )
+    state["containers"].append(
+        {
+            "id": f"new{index + 1:03d}" + "f" * 58,
+            "service": service,
+            "image": image,
+            "status": "running",
+            "plan": plan,
+            "polls": 0,
+        }
+    )
+
+
+def compose(state: State, args: list[str]) -> int:
+    sub, rest = args[0], args[1:]
+    if sub == "pull":
+        return int(state.get("pull_exit", 0))
+    if sub == "run":
+        return int(state.get("migrate_exit", 0))
+    if sub == "ps":
+        service = rest[-1]
+        for c in running(state, service):
+            print(c["id"])
+        return 0
+    if sub == "up":
+        service = rest[-1]
+        scale = None
+        for i, a in enumerate(rest):
+            if a == "--scale":
+                name, _, num = rest[i + 1].partition("=")
+                assert name == service, rest
+                scale = int(num)
+        have = len(running(state, service))
+        want = scale if scale is not None else (have or int(state.get("default_replicas", 2)))
+        if want < have:
+            print("fake docker: scaling down is not simulated", file=sys.stderr)
+            return 3
+        if have and scale is not None and "--no-recreate" not in rest:
+            # Real compose would recreate every replica at once with the new image: the outage under test.
+            print("fake docker: scale without --no-recreate would recreate all replicas", file=sys.stderr)
+            return 3
+        for _ in range(want - have):
+            create(state, service)
+        return 0
+    print(f"fake docker: unsupported compose {args}", file=sys.stderr)
+    return 3
+
+
+def main(argv: list[str]) -> int:
+    state = load()
+    extra: dict[str, Any] = {}
+    rc = 0
+    try:
+        if argv[0] == "compose":
+            rc = compose(state, argv[1:])
+        elif argv[0] == "inspect":
+            fmt, cid = argv[argv.index("--format") + 1], argv[-1]
+            c = find(state, cid)
+            if c is None:
+                print(f"Error: No such object: {cid}", file=sys.stderr)
+                rc = 1
+            elif "Config.Image" in fmt:
+                print(c["image"])
+            else:
+                plan = c["plan"]
+                health = plan[min(c["polls"], len(plan) - 1)]
+                c["polls"] += 1
+                status = c["status"]
+                if health == "exited":
+                    status, health = "exited", "unhealthy"
+                    c["status"] = "exited"
+                extra["answer"] = f"{status}/{health}"
+                print(extra["answer"])
+        elif argv[0] == "stop":
+            c = find(state, argv[-1])
+            if c is None:
+                rc = 1
+            else:
+                c["status"] = "exited"
+        elif argv[0] == "rm":
+            c = find(state, argv[-1])
+            if c is None or (c["status"] == "running" and "-f" not in argv):
+                print("Error: cannot remove", file=sys.stderr)
+                rc = 1
+            else:
+                state["containers"].remove(c)
+        else:
+            print(f"fake docker: unsupported {argv}", file=sys.stderr)
+            rc = 3
+    finally:
+        save(state)
+        record(argv, rc=rc, **extra)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

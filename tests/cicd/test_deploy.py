@@ -1,0 +1,244 @@
+"""scripts/deploy.sh against a fake `docker` on PATH (tests/cicd/fake_docker.py).
+
+The fake simulates app replicas and their health; every call is logged, so the tests check the rollout
+order (migrate -> add new -> wait healthy -> remove old, per replica) and the automatic rollback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "scripts" / "deploy.sh"
+FAKE = Path(__file__).with_name("fake_docker.py")
+
+OLD = "registry.example.com:5000/tally/tally:1.2.0-build.50"
+NEW = "registry.example.com:5000/tally/tally:1.3.0-build.57"
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+    calls: list[dict[str, Any]]
+    state: dict[str, Any]
+    env_file: str
+    workdir: Path
+
+
+def old_container(n: int) -> dict[str, Any]:
+    return {
+        "id": f"old{n:03d}" + "e" * 58,
+        "service": "app",
+        "image": OLD,
+        "status": "running",
+        "plan": ["healthy"],
+        "polls": 0,
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    docker = bindir / "docker"
+    docker.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    docker.chmod(0o755)
+    work = tmp_path / "srv"
+    work.mkdir()
+    env = work / ".env"
+    env.write_text(f"DOMAIN=tally.example.org\nTALLY_IMAGE={OLD}\nUSER_NAME=ops\n")
+    env.chmod(0o600)
+    return tmp_path
+
+
+def run_deploy(
+    project: Path, *args: str, scenario: dict[str, Any] | None = None, replicas: int = 2, **env: str
+) -> Result:
+    state: dict[str, Any] = {"containers": [old_container(i + 1) for i in range(replicas)]}
+    state.update(scenario or {})
+    state_file = project / "state.json"
+    log_file = project / "calls.jsonl"
+    state_file.write_text(json.dumps(state))
+    log_file.write_text("")
+    full_env = {
+        "PATH": f"{project / 'bin'}:{os.environ['PATH']}",
+        "FAKE_DOCKER_STATE": str(state_file),
+        "FAKE_DOCKER_LOG": str(log_file),
+        "HEALTH_POLL_INTERVAL": "0.01",
+        "HEALTH_TIMEOUT": "20",
+        "HOME": str(project),
+        **env,
+    }
+    proc = subprocess.run(
+        ["bash", str(DEPLOY), *args],
+        cwd=project / "srv",
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    calls = [json.loads(line) for line in log_file.read_text().splitlines()]
+    return Result(
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        calls,
+        json.loads(state_file.read_text()),
+        (project / "srv" / ".env").read_text(),
+        project / "srv",
+    )
+
+
+def events(r: Result) -> list[str]:
+    """The calls reduced to a readable trace: 'pull', 'migrate', 'up', 'healthy <id>', 'stop <id>', ..."""
+    out: list[str] = []
+    for c in r.calls:
+        a = c["argv"]
+        if a[:2] == ["compose", "pull"]:
+            out.append("pull")
+        elif a[:2] == ["compose", "run"]:
+            out.append("migrate" if a[-1] == "migrate" else f"run {a[-1]}")
+        elif a[:2] == ["compose", "up"]:
+            out.append(f"up {c['image_env']}")
+        elif a[0] == "inspect" and c.get("answer") == "running/healthy":
+            out.append(f"healthy {a[-1][:6]}")
+        elif a[0] in ("stop", "rm"):
+            out.append(f"{a[0]}{' -f' if '-f' in a else ''} {a[-1][:6]}")
+    return out
+
+
+def images_running(r: Result) -> list[str]:
+    return [c["image"] for c in r.state["containers"] if c["status"] == "running"]
+
+
+def env_image(r: Result) -> str:
+    return [ln for ln in r.env_file.splitlines() if ln.startswith("TALLY_IMAGE=")][-1].split("=", 1)[1]
+
+
+def test_rolling_order_per_replica(project: Path) -> None:
+    r = run_deploy(project, NEW)
+    assert r.rc == 0, r.err
+    assert events(r) == [
+        "pull",
+        "migrate",
+        f"up {NEW}",
+        "healthy new001",
+        "stop old001",
+        "rm old001",
+        f"up {NEW}",
+        "healthy new002",
+        "stop old002",
+        "rm old002",
+    ]
+    # Compose interpolates the new image in every compose call, migrate included.
+    assert all(c["image_env"] == NEW for c in r.calls if c["argv"][0] == "compose")
+    ups = [c["argv"] for c in r.calls if c["argv"][:2] == ["compose", "up"]]
+    assert all("--scale" in a and "app=3" in a and "--no-recreate" in a and "--no-deps" in a for a in ups)
+    assert images_running(r) == [NEW, NEW]
+    assert env_image(r) == NEW
+    assert "DOMAIN=tally.example.org" in r.env_file and "USER_NAME=ops" in r.env_file
+    assert stat.S_IMODE((r.workdir / ".env").stat().st_mode) == 0o600
+    assert (r.workdir / ".deploy" / "previous-image").read_text().strip() == OLD
+    assert "[1/2]" in r.out and "[2/2]" in r.out and "deploy complete" in r.out
+
+
+def test_waits_through_starting_before_removing_old(project: Path) -> None:
+    r = run_deploy(project, NEW, scenario={"default_plan": ["starting", "starting", "starting", "healthy"]})
+    assert r.rc == 0, r.err
+    trace = [(c["argv"][0], c["argv"][-1][:6], c.get("answer")) for c in r.calls]
+    first_stop = trace.index(("stop", "old001", None))
+    polls = [t for t in trace[:first_stop] if t[0] == "inspect" and t[1] == "new001"]
+    assert [p[2] for p in polls] == ["running/starting"] * 3 + ["running/healthy"]
+
+
+def test_rollback_when_second_replica_unhealthy(project: Path) -> None:
+    scenario = {"plans": [["starting", "healthy"], ["starting", "unhealthy"]], "image_plans": {OLD: ["healthy"]}}
+    r = run_deploy(project, NEW, scenario=scenario)
+    assert r.rc != 0
+    assert "ROLLBACK" in r.err
+    trace = events(r)
+    # The unhealthy one never carried traffic: removed at once. The promoted one is swapped back health-gated.
+    assert trace[:7] == ["pull", "migrate", f"up {NEW}", "healthy new001", "stop old001", "rm old001", f"up {NEW}"]
+    assert "stop old002" not in trace
+    assert trace[7:] == ["rm -f new002", f"up {OLD}", "healthy new003", "stop new001", "rm new001"]
+    assert images_running(r) == [OLD, OLD]
+    assert env_image(r) == OLD
+
+
+def test_rollback_on_health_timeout_leaves_old_replicas_untouched(project: Path) -> None:
+    r = run_deploy(project, NEW, scenario={"default_plan": ["starting"]}, HEALTH_TIMEOUT="1")
+    assert r.rc != 0
+    assert "not healthy within 1s" in r.err
+    trace = events(r)
+    assert not any(t.startswith("stop old") or t.startswith("rm old") for t in trace)
+    assert trace[-1] == "rm -f new001"
+    assert [c["id"][:6] for c in r.state["containers"]] == ["old001", "old002"]
+    assert env_image(r) == OLD
+
+
+def test_exited_replica_fails_fast(project: Path) -> None:
+    r = run_deploy(project, NEW, scenario={"plans": [["starting", "exited"]]}, HEALTH_TIMEOUT="600")
+    assert r.rc != 0
+    assert "is exited" in r.err
+    assert images_running(r) == [OLD, OLD]
+
+
+def test_failed_migration_replaces_nothing(project: Path) -> None:
+    r = run_deploy(project, NEW, scenario={"migrate_exit": 1})
+    assert r.rc != 0
+    assert "migrations failed" in r.err
+    assert events(r) == ["pull", "migrate"]
+    assert env_image(r) == OLD
+    assert images_running(r) == [OLD, OLD]
+
+
+def test_tag_only_argument_keeps_repository(project: Path) -> None:
+    r = run_deploy(project, "1.3.0-build.57")
+    assert r.rc == 0, r.err
+    assert env_image(r) == NEW
+    assert images_running(r) == [NEW, NEW]
+
+
+def test_manual_rollback_skips_migrations(project: Path) -> None:
+    first = run_deploy(project, NEW)
+    assert first.rc == 0, first.err
+    # Second run starts from replicas that run NEW; --rollback must go back to OLD without migrating.
+    state = {"containers": [dict(old_container(i + 1), image=NEW) for i in range(2)]}
+    r = run_deploy(project, "--rollback", scenario=state)
+    assert r.rc == 0, r.err
+    assert "migrate" not in events(r)
+    assert images_running(r) == [OLD, OLD]
+    assert env_image(r) == OLD
+    assert (r.workdir / ".deploy" / "previous-image").read_text().strip() == NEW
+
+
+def test_first_deploy_without_running_replicas(project: Path) -> None:
+    r = run_deploy(project, NEW, replicas=0)
+    assert r.rc == 0, r.err
+    assert events(r) == ["pull", "migrate", f"up {NEW}", "healthy new001", "healthy new002"]
+    assert images_running(r) == [NEW, NEW]
+
+
+def test_usage_errors(project: Path) -> None:
+    assert run_deploy(project).rc == 2
+    assert run_deploy(project, "a", "b").rc == 2
+
+
+def test_shellcheck_clean() -> None:
+    proc = subprocess.run(
+        ["shellcheck", "--severity=style", str(DEPLOY), str(ROOT / "scripts" / "version.sh")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,97 @@
+"""The real app under the production gunicorn config, on a free local port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from .procs import free_port, stop_process, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
+
+
+@dataclass
+class Gunicorn:
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def healthy(self) -> bool:
+        return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        stop_process(self.process, timeout=timeout, sig=sig)
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def base_env(database_url: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TALLY_", "SENTRY_", "DB_"))}
+    env.update(
+        TALLY_ENV="production",
+        DATABASE_URL=database_url,
+        SECRET_KEY=TEST_SECRET_KEY,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus-multiproc"),
+        LOG_LEVEL="INFO",
+    )
+    env.update(overrides)
+    return env
+
+
+def run_gunicorn(
+    env: dict[str, str], log_path: Path, *, wait: bool = True, cwd: Path = REPO_ROOT, extra_args: tuple[str, ...] = ()
+) -> Gunicorn:
+    """Start ``gunicorn -c gunicorn.conf.py app:create_app()`` as the image does."""
+    port = int(env.get("PORT") or free_port())
+    metrics_port = int(env.get("METRICS_PORT") or free_port())
+    env = env | {"PORT": str(port), "METRICS_PORT": str(metrics_port)}
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(
+        [str(GUNICORN), "--config", "gunicorn.conf.py", *extra_args, "app:create_app()"],
+        cwd=cwd,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log_file.close()
+    server = Gunicorn(process=process, port=port, metrics_port=metrics_port, log_path=log_path)
+    if wait:
+        try:
+            wait_until(lambda: process.poll() is not None or server.healthy(), timeout=30, message="gunicorn /healthz")
+            if process.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
+        except BaseException:
+            server.stop(signal.SIGKILL)
+            raise
+    return server
+
+
+def migrate(database_url: str, tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "flask"), "--app", "app", "db", "upgrade"],
+        cwd=REPO_ROOT,
+        env=base_env(database_url, tmp_path, **overrides),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
