@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
-from flask import Flask, Response, g
+from flask import Flask, Response, abort, g, request
 from flask_migrate import Migrate
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -67,6 +67,12 @@ def create_app(config: Config | None = None) -> Flask:
         _init_sentry(config, build.version)
 
     app.before_request(assign_request_id)
+
+    @app.before_request
+    def _refuse_large_bodies() -> None:
+        # Checked before routing errors so an oversized upload is refused whatever its path or method.
+        if (request.content_length or 0) > MAX_REQUEST_BODY_BYTES:
+            abort(413)
 
     @app.after_request
     def _tag_response(response: Response) -> Response:

@@ -166,7 +166,7 @@ def _secret_key(env: _Environment, environment: str) -> bytes:
         if environment == "production":
             raise ConfigError(
                 "SECRET_KEY",
-                "required in production; run scripts/init-secrets.sh or set SECRET_KEY_FILE to a file of 32+ random characters",
+                "required in production; run scripts/init-secrets.sh or point SECRET_KEY_FILE at 32+ random characters",
             )
         return DEV_SECRET_KEY.encode()
     if len(key) < MIN_SECRET_KEY_LENGTH:

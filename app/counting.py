@@ -149,9 +149,13 @@ def record_visit(engine: Engine, key: bytes, today: dt.date | None = None) -> Vi
     day = today or utc_today()
     shard = random.randrange(COUNTER_SHARDS)
     if engine.dialect.name == "postgresql":
-        with engine.connect() as connection:
+        # Autocommit: the single statement is its own transaction, so no BEGIN/COMMIT round trips.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             row = connection.execute(_POSTGRES_VISIT, {"key": key, "today": day, "shard": shard}).one()
-        return VisitResult(row.visits, row.is_new_visitor, row.is_new_today, row.total_visitors, row.today_visitors)
+        # PostgreSQL's sum() over bigint is numeric (Decimal in Python): hand out plain ints.
+        return VisitResult(
+            int(row.visits), row.is_new_visitor, row.is_new_today, int(row.total_visitors), int(row.today_visitors)
+        )
     with engine.begin() as connection:
         return _record_visit_sqlite(connection, key, day, shard)
 
@@ -170,7 +174,7 @@ def _record_visit_sqlite(connection: Connection, key: bytes, day: dt.date, shard
     for statement in _SQLITE_COUNTERS:
         connection.execute(statement, params | flags)
     totals = connection.execute(_SQLITE_TOTALS, {"today": day}).one()
-    return VisitResult(visits, is_new_visitor, is_new_today, totals.total_visitors, totals.today_visitors)
+    return VisitResult(visits, is_new_visitor, is_new_today, int(totals.total_visitors), int(totals.today_visitors))
 
 
 def read_stats(engine: Engine, today: dt.date | None = None) -> Stats:
@@ -179,11 +183,11 @@ def read_stats(engine: Engine, today: dt.date | None = None) -> Stats:
     with engine.connect() as connection:
         totals = connection.execute(_TOTALS).one()
         per_day = {
-            row.day: row.unique_visitors
+            row.day: int(row.unique_visitors)
             for row in connection.execute(_DAILY, {"since": first_day - dt.timedelta(days=1)})
         }
     daily = tuple(
         DailyUniques(first_day + dt.timedelta(days=offset), per_day.get(first_day + dt.timedelta(days=offset), 0))
         for offset in range(STATS_DAYS)
     )
-    return Stats(total_visitors=totals.visitors, total_visits=totals.visits, daily=daily)
+    return Stats(total_visitors=int(totals.visitors), total_visits=int(totals.visits), daily=daily)

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config import DEV_SECRET_KEY, ConfigError, load_config, load_config_or_exit
+from tests.support.gunicorn import GUNICORN, REPO_ROOT, TEST_SECRET_KEY
+
+PG = "postgresql://tally@db.internal:5432/tally"
+VALID = {"TALLY_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": TEST_SECRET_KEY}
+
+
+def test_production_defaults() -> None:
+    config = load_config(VALID)
+    assert config.database_url.drivername == "postgresql+psycopg2"
+    assert config.user_name == "n/a"
+    assert config.user_url == "#"
+    assert config.trusted_proxy_hops == 0
+    assert config.sentry_dsn is None
+    assert config.is_postgres
+
+
+def test_heroku_style_url_is_normalised() -> None:
+    config = load_config(VALID | {"DATABASE_URL": "postgres://u:p@h:5433/d"})
+    assert config.database_url.drivername == "postgresql+psycopg2"
+    assert config.database_url.port == 5433
+    assert config.database_url.password == "p"
+
+
+def test_secrets_come_from_files(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(TEST_SECRET_KEY + "\n")
+    (tmp_path / "pw").write_text("s3cret\n")
+    config = load_config(
+        {"DATABASE_URL": PG, "SECRET_KEY_FILE": str(tmp_path / "key"), "DATABASE_PASSWORD_FILE": str(tmp_path / "pw")}
+    )
+    assert config.secret_key == TEST_SECRET_KEY.encode()
+    assert config.database_url.password == "s3cret"
+
+
+def test_development_runs_on_sqlite_without_settings() -> None:
+    config = load_config({"TALLY_ENV": "development"})
+    assert config.database_is_default
+    assert config.database_url.get_backend_name() == "sqlite"
+    assert config.secret_key == DEV_SECRET_KEY.encode()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"TALLY_ENV": "staging"}, "TALLY_ENV"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "mysql://u@h/d"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql:///nohost"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u:p@h/d", "DATABASE_PASSWORD": "x"}, "DATABASE_PASSWORD"),
+        ({"SECRET_KEY": ""}, "SECRET_KEY"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"SECRET_KEY": "change-me-change-me-change-me-change-me"}, "SECRET_KEY"),
+        ({"SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY"),
+        ({"TRUSTED_PROXY_HOPS": "one"}, "TRUSTED_PROXY_HOPS"),
+        ({"TRUSTED_PROXY_HOPS": "-1"}, "TRUSTED_PROXY_HOPS"),
+        ({"TRUSTED_PROXY_HOPS": "9"}, "TRUSTED_PROXY_HOPS"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"USER_URL": "javascript:alert(1)"}, "USER_URL"),
+        ({"USER_NAME": "x" * 101}, "USER_NAME"),
+        ({"DB_POOL_SIZE": "0"}, "DB_POOL_SIZE"),
+        ({"DB_POOL_TIMEOUT": "soon"}, "DB_POOL_TIMEOUT"),
+        ({"SENTRY_TRACES_SAMPLE_RATE": "2"}, "SENTRY_TRACES_SAMPLE_RATE"),
+        ({"BUILD_NUMBER": "12a"}, "BUILD_NUMBER"),
+        ({"GIT_COMMIT": "zzz"}, "GIT_COMMIT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+    ],
+)
+def test_invalid_values_name_the_variable(overrides: dict[str, str], variable: str) -> None:
+    environ = {key: value for key, value in (VALID | overrides).items() if value != ""}
+    if variable == "SECRET_KEY" and overrides.get("SECRET_KEY") == "":
+        environ.pop("SECRET_KEY", None)
+    if "SECRET_KEY_FILE" in overrides:
+        environ.pop("SECRET_KEY")
+    with pytest.raises(ConfigError) as error:
+        load_config(environ)
+    assert str(error.value).startswith(variable)
+    assert "\n" not in str(error.value)
+
+
+def test_secret_and_secret_file_together_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(TEST_SECRET_KEY)
+    with pytest.raises(ConfigError, match="SECRET_KEY: set either"):
+        load_config(VALID | {"SECRET_KEY_FILE": str(tmp_path / "key")})
+
+
+def test_empty_secret_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("\n")
+    with pytest.raises(ConfigError, match="SECRET_KEY_FILE: .* is empty"):
+        load_config({"DATABASE_URL": PG, "SECRET_KEY_FILE": str(tmp_path / "key")})
+
+
+def test_entry_points_exit_with_one_line() -> None:
+    with pytest.raises(SystemExit) as stop:
+        load_config_or_exit({"DATABASE_URL": PG, "SECRET_KEY": "short"})
+    assert str(stop.value) == "tally: invalid configuration: SECRET_KEY: must be at least 32 characters, got 5"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SECRET_KEY": "short"}, "tally: invalid configuration: SECRET_KEY: must be at least 32 characters, got 5"),
+        ({"TRUSTED_PROXY_HOPS": "x"}, "tally: invalid configuration: TRUSTED_PROXY_HOPS: expected a whole number"),
+    ],
+)
+def test_gunicorn_refuses_bad_config_at_start(env: dict[str, str], expected: str) -> None:
+    result = subprocess.run(
+        [str(GUNICORN), "--config", "gunicorn.conf.py", "app:create_app()"],
+        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", **VALID, **env}, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(expected)
+    assert "Traceback" not in result.stderr
+
+
+def test_flask_cli_refuses_bad_config() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
+        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "DATABASE_URL": PG}, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    assert "tally: invalid configuration: SECRET_KEY: required in production" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.app.helpers import database_totals, total_on_page, visits_on_page
+from tests.conftest import make_config, migrated_app
+
+
+def visit(client: FlaskClient, address: str = "203.0.113.7", **headers: str) -> str:
+    response = client.get("/", environ_base={"REMOTE_ADDR": address}, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_data(as_text=True)
+
+
+def test_page_counts_visits_per_visitor(client: FlaskClient, app: Flask) -> None:
+    assert visits_on_page(visit(client)) == 1
+    page = visit(client)
+    assert visits_on_page(page) == 2
+    assert total_on_page(page) == 1
+    other = visit(client, "198.51.100.1")
+    assert visits_on_page(other) == 1
+    assert total_on_page(other) == 2
+    assert database_totals(app) == {"visitors": 2, "visits": 3, "shard_visitors": 2, "shard_visits": 3}
+
+
+def test_page_keeps_the_original_contract(client: FlaskClient) -> None:
+    response = client.get("/", environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    html = response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "You have visited this page" in html
+    assert "Total visitors: 1" in html
+    assert 'Deployed by <a href="#" class="text-white">n/a</a>' in html
+    assert "v1.0.0" in html
+    assert "203.0.113.7" not in html
+    assert "PostgreSQL" not in html
+
+
+def test_footer_uses_user_name_and_url(database_url: str) -> None:
+    app = migrated_app(make_config(database_url, USER_NAME="Ops <Team>", USER_URL="https://ops.example.org/"))
+    html = visit(app.test_client())
+    assert 'Deployed by <a href="https://ops.example.org/" class="text-white">Ops &lt;Team&gt;</a>' in html
+
+
+def test_equivalent_addresses_are_one_visitor(client: FlaskClient) -> None:
+    visit(client, "1.2.3.4")
+    assert visits_on_page(visit(client, "::ffff:1.2.3.4")) == 2
+    assert visits_on_page(visit(client, "2001:db8::1")) == 1
+    assert visits_on_page(visit(client, "2001:DB8:0::1")) == 2
+
+
+def test_head_probes_static_and_other_endpoints_do_not_count(client: FlaskClient, app: Flask) -> None:
+    assert client.head("/", environ_base={"REMOTE_ADDR": "1.2.3.4"}).status_code == 200
+    probe = client.get("/", environ_base={"REMOTE_ADDR": "1.2.3.4"}, headers={"User-Agent": "kube-probe/1.29"})
+    assert probe.status_code == 200
+    assert "not counted" in probe.get_data(as_text=True)
+    for path in ("/version", "/healthz", "/readyz", "/api/stats", "/static/cover.css", "/nope"):
+        client.get(path, environ_base={"REMOTE_ADDR": "1.2.3.4"})
+    assert database_totals(app)["visits"] == 0
+
+
+def test_version_reports_build_metadata(database_url: str) -> None:
+    app = migrated_app(make_config(database_url, BUILD_NUMBER="57", GIT_COMMIT="abc123"))
+    client = app.test_client()
+    assert client.get("/version").json == {
+        "version": "1.0.0+build.57", "semver": "1.0.0", "build": "57", "commit": "abc123",
+    }
+    assert "v1.0.0+build.57" in visit(client)
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json["status"] == "ready"
+
+
+def test_readiness_fails_before_migrations(database_url: str) -> None:
+    from app import create_app
+
+    client = create_app(make_config(database_url)).test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_readiness_fails_when_schema_is_behind(client: FlaskClient, app: Flask) -> None:
+    from sqlalchemy import text
+
+    with app.extensions["tally"].engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json["status"] == "migrations pending"
+
+
+def test_stats_api(client: FlaskClient) -> None:
+    for address in ("1.1.1.1", "1.1.1.1", "2.2.2.2"):
+        visit(client, address)
+    body = client.get("/api/stats").json
+    assert body["total_visitors"] == 2
+    assert body["total_visits"] == 3
+    assert len(body["daily"]) == 30
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    assert body["daily"][-1] == {"day": today, "unique_visitors": 2}
+    assert all(day["unique_visitors"] == 0 for day in body["daily"][:-1])
+
+
+def test_unique_today_counts_first_visit_of_each_day(app: Flask) -> None:
+    from app.counting import record_visit
+
+    engine = app.extensions["tally"].engine
+    monday, tuesday = dt.date(2026, 11, 23), dt.date(2026, 11, 24)
+    assert record_visit(engine, b"a" * 32, monday).is_new_today
+    assert not record_visit(engine, b"a" * 32, monday).is_new_today
+    second_day = record_visit(engine, b"a" * 32, tuesday)
+    assert second_day.is_new_today
+    assert not second_day.is_new_visitor
+    assert second_day.visits == 3
+    assert second_day.today_visitors == 1
+    assert record_visit(engine, b"b" * 32, tuesday).today_visitors == 2
+
+
+def test_forwarded_header_is_ignored_without_trusted_proxies(client: FlaskClient) -> None:
+    visit(client, "10.0.0.1", **{"X-Forwarded-For": "1.1.1.1"})
+    page = visit(client, "10.0.0.1", **{"X-Forwarded-For": "2.2.2.2"})
+    assert visits_on_page(page) == 2
+    assert total_on_page(page) == 1
+
+
+def test_one_trusted_hop_uses_the_address_the_proxy_appended(database_url: str) -> None:
+    app = migrated_app(make_config(database_url, TRUSTED_PROXY_HOPS="1"))
+    client = app.test_client()
+    # A client forging "1.1.1.1" in front of its real address gains nothing: the proxy appends the real one.
+    visit(client, "172.18.0.2", **{"X-Forwarded-For": "1.1.1.1, 203.0.113.9"})
+    page = visit(client, "172.18.0.2", **{"X-Forwarded-For": "9.9.9.9, 203.0.113.9"})
+    assert visits_on_page(page) == 2
+    assert total_on_page(page) == 1
+
+
+@pytest.mark.parametrize("forwarded", ["n/a", "1.2.3.999", "<script>", "fe80::1%" + "z" * 90])
+def test_malformed_forwarded_address_is_refused_without_counting(database_url: str, forwarded: str) -> None:
+    app = migrated_app(make_config(database_url, TRUSTED_PROXY_HOPS="1"))
+    client = app.test_client()
+    response = client.get("/", environ_base={"REMOTE_ADDR": "172.18.0.2"}, headers={"X-Forwarded-For": forwarded})
+    assert response.status_code == 400
+    assert "<script>" not in response.get_data(as_text=True)
+    assert database_totals(app)["visits"] == 0
+
+
+def test_zone_id_address_is_counted_without_overflow(database_url: str) -> None:
+    app = migrated_app(make_config(database_url, TRUSTED_PROXY_HOPS="1"))
+    page = visit(app.test_client(), "172.18.0.2", **{"X-Forwarded-For": "fe80::1%eth0-with-a-rather-long-zone-name"})
+    assert visits_on_page(page) == 1
+
+
+def test_unknown_paths_and_methods(client: FlaskClient) -> None:
+    assert client.get("/wp-admin.php").status_code == 404
+    assert client.post("/", environ_base={"REMOTE_ADDR": "1.2.3.4"}).status_code == 405
+    assert client.get("/api/nope").json["error"] == "Not Found"
+
+
+def test_oversized_body_is_refused(client: FlaskClient, app: Flask) -> None:
+    for method in (client.post, client.get):
+        response = method("/", data=b"x" * (64 * 1024), environ_base={"REMOTE_ADDR": "1.2.3.4"})
+        assert response.status_code == 413
+    assert database_totals(app)["visits"] == 0
+
+
+def test_request_id_is_echoed_or_generated(client: FlaskClient) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/healthz", headers={"X-Request-ID": "bad id <x>"}).headers["X-Request-ID"]
+    assert len(generated) == 32
+    assert generated.isalnum()
