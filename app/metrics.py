@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Request
@@ -71,6 +72,8 @@ def init_metrics(app: Flask, config: Config, build: BuildInfo) -> AppMetrics:
     }
     exporter: PrometheusMetrics
     if config.prometheus_multiproc_dir:
+        # gunicorn's on_starting creates it; one-shot commands (flask db upgrade) share the setting.
+        Path(config.prometheus_multiproc_dir).mkdir(parents=True, exist_ok=True)
         exporter = GunicornPrometheusMetrics(app, **exporter_options)
     else:
         exporter = PrometheusMetrics(app, path=None, **exporter_options)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system tools the test suite runs for real (Debian 12, as root). Idempotent: a
+# package already present is not fetched again, so `make test` can call it every time.
+set -euo pipefail
+
+APT_PACKAGES=(
+  postgresql-15 postgresql-client-15
+  prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter
+  prometheus-blackbox-exporter
+  shellcheck chromium fonts-dejavu-core
+  podman runc debootstrap uidmap
+  haproxy wrk age rsync jq curl iproute2
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: missing Debian packages: ${missing[*]} (run this script as root)" >&2
+    exit 1
+  fi
+  echo "install-test-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The Debian packages start their services; the tests start their own on free ports instead.
+  for service in prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter \
+                 prometheus-blackbox-exporter haproxy postgresql; do
+    systemctl stop "$service" 2>/dev/null || service "$service" stop 2>/dev/null || true
+  done
+fi
+echo "install-test-deps: system packages present"

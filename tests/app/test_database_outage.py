@@ -1,0 +1,57 @@
+"""A database outage is a fast, honest 503 and heals by itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.gunicorn import base_env, migrate, run_gunicorn
+from tests.support.postgres import PostgresServer
+from tests.support.procs import wait_until
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A server of its own: this test stops it, which would break the shared one."""
+    server = PostgresServer.create(max_connections=50)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.mark.slow
+def test_outage_answers_503_quickly_and_recovers(own_postgres: PostgresServer, tmp_path: Path) -> None:
+    url = own_postgres.create_database("tally")
+    assert migrate(url, tmp_path).returncode == 0
+    server = run_gunicorn(base_env(url, tmp_path), tmp_path / "gunicorn.log")
+    try:
+        ok = [requests.get(server.url + "/", timeout=5) for _ in range(5)]
+        assert {r.status_code for r in ok} == {200}
+
+        own_postgres.stop()
+        for path in ("/", "/api/stats", "/readyz"):
+            started = time.monotonic()
+            response = requests.get(server.url + path, timeout=10)
+            assert response.status_code == 503, path
+            assert time.monotonic() - started < 2.0, path
+        page = requests.get(server.url + "/", timeout=5)
+        assert "Temporarily unavailable" in page.text
+        assert page.headers["Retry-After"] == "5"
+        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+        own_postgres.start()
+        recovered = wait_until(
+            lambda: requests.get(server.url + "/", timeout=5).status_code == 200, timeout=10,
+            message="first 200 after the database came back",
+        )
+        assert recovered
+        visits = own_postgres.execute("SELECT sum(visits) FROM visitors", database="tally")[0][0]
+        assert visits == 6
+        assert '"message": "database unavailable"' in server.log()
+    finally:
+        server.stop()
