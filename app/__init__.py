@@ -95,5 +95,4 @@ def _init_sentry(config: Config, release: str) -> None:
         environment=config.sentry_environment,
         traces_sample_rate=config.sentry_traces_sample_rate,
         integrations=[FlaskIntegration()],
-        send_default_pii=False,
     )
