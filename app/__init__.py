@@ -59,9 +59,13 @@ def create_app(config: Config | None = None) -> Flask:
         prepare_sqlite(engine)
     metrics = init_metrics(app, config, build)
     metrics.watch_pool(engine, config.db_pool_size if config.is_postgres else 0)
-    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    scripts = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = scripts.get_current_head()
     assert head is not None, "the migrations directory has no revision"
-    Tally(config=config, build=build, metrics=metrics, engine=engine, head_revision=head).install(app)
+    known = frozenset(script.revision for script in scripts.walk_revisions())
+    Tally(config=config, build=build, metrics=metrics, engine=engine, head_revision=head, known_revisions=known).install(
+        app
+    )
 
     if config.sentry_dsn:
         _init_sentry(config, build.version)

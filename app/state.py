@@ -21,6 +21,7 @@ class Tally:
     metrics: AppMetrics
     engine: Engine
     head_revision: str
+    known_revisions: frozenset[str]
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION_NAME] = self

@@ -78,7 +78,9 @@ def readyz() -> tuple[Response, int]:
     state = tally()
     with state.metrics.db_operation("ready"), state.engine.connect() as connection:
         revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    if revision != state.head_revision:
+    # Only a schema *behind* this build is unready. A revision we do not know is newer: during a rolling
+    # deploy the migration runs first and the old replicas must keep serving until they are replaced.
+    if revision is None or (revision != state.head_revision and revision in state.known_revisions):
         log.warning("schema not at head", extra={"revision": revision, "head": state.head_revision})
         return jsonify(status="migrations pending", revision=revision, head=state.head_revision), 503
     return jsonify(status="ready", revision=revision), 200

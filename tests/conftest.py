@@ -14,11 +14,16 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.config import Config, load_config
 from tests.support.gunicorn import TEST_SECRET_KEY
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import ExternalPostgres, PostgresServer
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
+def pg_server() -> Iterator[PostgresServer | ExternalPostgres]:
+    """PostgreSQL 15 for the session: started here, or GitLab's service when TEST_DATABASE_URL names one."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield ExternalPostgres(external)
+        return
     server = PostgresServer.create()
     try:
         yield server
@@ -27,7 +32,7 @@ def pg_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def pg_database(pg_server: PostgresServer) -> Iterator[str]:
+def pg_database(pg_server: PostgresServer | ExternalPostgres) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     url = pg_server.create_database(name)
     yield url

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -87,14 +88,26 @@ def test_readiness_fails_before_migrations(database_url: str) -> None:
     assert client.get("/healthz").status_code == 200
 
 
-def test_readiness_fails_when_schema_is_behind(client: FlaskClient, app: Flask) -> None:
+def set_revision(app: Flask, revision: str) -> None:
     from sqlalchemy import text
 
     with app.extensions["tally"].engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+        connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+
+def test_readiness_fails_when_schema_is_behind(client: FlaskClient, app: Flask) -> None:
+    app.extensions["tally"] = dataclasses.replace(
+        app.extensions["tally"], head_revision="0002_next", known_revisions=frozenset({"0001_baseline", "0002_next"})
+    )
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json["status"] == "migrations pending"
+
+
+def test_readiness_holds_when_schema_is_newer_than_this_build(client: FlaskClient, app: Flask) -> None:
+    """A rolling deploy migrates first; old replicas must stay in the load balancer until replaced."""
+    set_revision(app, "0002_from_a_newer_release")
+    assert client.get("/readyz").status_code == 200
 
 
 def test_stats_api(client: FlaskClient) -> None:

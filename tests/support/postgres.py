@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
+from sqlalchemy.engine import make_url
 
 from .procs import free_port, wait_until
 
@@ -135,6 +136,41 @@ class PostgresServer:
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        connection = psycopg2.connect(self.dsn(database))
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            connection.close()
+
+    def create_database(self, name: str) -> str:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@dataclass
+class ExternalPostgres:
+    """A server we did not start (GitLab's ``services: postgres``), named by TEST_DATABASE_URL.
+
+    Tests that stop or restart PostgreSQL start a :class:`PostgresServer` of their own instead."""
+
+    admin_url: str
+
+    def _with_database(self, database: str) -> str:
+        return str(make_url(self.admin_url).set(drivername="postgresql+psycopg2", database=database))
+
+    def url(self, database: str) -> str:
+        return self._with_database(database)
+
+    def dsn(self, database: str) -> str:
+        return make_url(self._with_database(database)).render_as_string(hide_password=False).replace(
+            "postgresql+psycopg2", "postgresql", 1
+        )
 
     def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
         connection = psycopg2.connect(self.dsn(database))
