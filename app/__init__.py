@@ -63,9 +63,8 @@ def create_app(config: Config | None = None) -> Flask:
     head = scripts.get_current_head()
     assert head is not None, "the migrations directory has no revision"
     known = frozenset(script.revision for script in scripts.walk_revisions())
-    Tally(config=config, build=build, metrics=metrics, engine=engine, head_revision=head, known_revisions=known).install(
-        app
-    )
+    state = Tally(config=config, build=build, metrics=metrics, engine=engine, head_revision=head, known_revisions=known)
+    state.install(app)
 
     if config.sentry_dsn:
         _init_sentry(config, build.version)

@@ -7,7 +7,6 @@ import re
 from flask import Flask
 from sqlalchemy import text
 
-
 VISIT_LINE = re.compile(r"You have visited this page <span class=\"visit-figure\">(\d+)</span> times?\.")
 TOTAL_LINE = re.compile(r"Total visitors: (\d+)")
 
@@ -30,7 +29,8 @@ def database_totals(app: Flask) -> dict[str, int]:
         row = connection.execute(
             text(
                 "SELECT (SELECT count(*) FROM visitors), (SELECT coalesce(sum(visits), 0) FROM visitors),"
-                " (SELECT coalesce(sum(visitors), 0) FROM total_shards), (SELECT coalesce(sum(visits), 0) FROM total_shards)"
+                " (SELECT coalesce(sum(visitors), 0) FROM total_shards),"
+                " (SELECT coalesce(sum(visits), 0) FROM total_shards)"
             )
         ).one()
     return {"visitors": row[0], "visits": row[1], "shard_visitors": row[2], "shard_visits": row[3]}

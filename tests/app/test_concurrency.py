@@ -33,7 +33,10 @@ def test_concurrent_distinct_visitors_in_process(app: Flask) -> None:
     assert sum(result.is_new_visitor for result in results) == VISITS
     assert max(result.total_visitors for result in results) == VISITS
     assert database_totals(app) == {
-        "visitors": VISITS, "visits": 2 * VISITS, "shard_visitors": VISITS, "shard_visits": 2 * VISITS,
+        "visitors": VISITS,
+        "visits": 2 * VISITS,
+        "shard_visitors": VISITS,
+        "shard_visits": 2 * VISITS,
     }
 
 

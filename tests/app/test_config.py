@@ -115,7 +115,11 @@ def test_entry_points_exit_with_one_line() -> None:
 def test_gunicorn_refuses_bad_config_at_start(env: dict[str, str], expected: str) -> None:
     result = subprocess.run(
         [str(GUNICORN), "--config", "gunicorn.conf.py", "app:create_app()"],
-        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", **VALID, **env}, capture_output=True, text=True, timeout=30,
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", **VALID, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -126,7 +130,11 @@ def test_gunicorn_refuses_bad_config_at_start(env: dict[str, str], expected: str
 def test_flask_cli_refuses_bad_config() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "DATABASE_URL": PG}, capture_output=True, text=True, timeout=30,
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": PG},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0
     assert "tally: invalid configuration: SECRET_KEY: required in production" in result.stderr

@@ -46,7 +46,8 @@ def test_outage_answers_503_quickly_and_recovers(own_postgres: PostgresServer, t
 
         own_postgres.start()
         recovered = wait_until(
-            lambda: requests.get(server.url + "/", timeout=5).status_code == 200, timeout=10,
+            lambda: requests.get(server.url + "/", timeout=5).status_code == 200,
+            timeout=10,
             message="first 200 after the database came back",
         )
         assert recovered

@@ -48,7 +48,8 @@ def test_multiprocess_metrics_under_gunicorn(pg_database: str, tmp_path: Path) -
     try:
         session = requests.Session()
         # Connection: close spreads the requests over the workers.
-        codes = [session.get(server.url + "/", headers={"Connection": "close"}, timeout=5).status_code for _ in range(30)]
+        close = {"Connection": "close"}
+        codes = [session.get(server.url + "/", headers=close, timeout=5).status_code for _ in range(30)]
         assert codes == [200] * 30
         assert requests.get(server.url + "/metrics", timeout=5).status_code == 404
         metrics = samples(requests.get(server.metrics_url, timeout=5).text)

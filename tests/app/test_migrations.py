@@ -29,7 +29,8 @@ def create_legacy_schema(database_url: str) -> None:
         connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
         connection.execute(text("INSERT INTO alembic_version VALUES ('e0f6b6d1a2c3')"))
         for number, (ip, visits) in enumerate(LEGACY_ROWS, start=1):
-            connection.execute(text("INSERT INTO visitor VALUES (:id, :ip, :visits)"), {"id": number, "ip": ip, "visits": visits})
+            row = {"id": number, "ip": ip, "visits": visits}
+            connection.execute(text("INSERT INTO visitor VALUES (:id, :ip, :visits)"), row)
     engine.dispose()
 
 
@@ -49,7 +50,7 @@ def test_legacy_rows_become_keyed_hashes_with_every_count(database_url: str) -> 
     assert b"1.2.3.4" not in stored
     client = app.test_client()
     page = client.get("/", environ_base={"REMOTE_ADDR": "1.2.3.4"}).get_data(as_text=True)
-    assert "visit-figure\">16<" in page
+    assert 'visit-figure">16<' in page
     assert "Total visitors: 4" in page
 
 

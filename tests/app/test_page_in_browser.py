@@ -12,8 +12,15 @@ import pytest
 from tests.support.gunicorn import base_env, migrate, run_gunicorn
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--hide-scrollbars",
 )
 
 
@@ -48,7 +55,9 @@ def test_page_renders_the_visit_line(pg_database: str, tmp_path: Path) -> None:
         screenshot = tmp_path / "page.png"
         subprocess.run(
             [*common, f"--screenshot={screenshot}", "--window-size=1024,640", server.url + "/"],
-            capture_output=True, timeout=60, check=True,
+            capture_output=True,
+            timeout=60,
+            check=True,
         )
         assert png_size(screenshot) == (1024, 640)
         # A page that failed to load (blank or error) compresses to almost nothing.

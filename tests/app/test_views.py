@@ -67,7 +67,10 @@ def test_version_reports_build_metadata(database_url: str) -> None:
     app = migrated_app(make_config(database_url, BUILD_NUMBER="57", GIT_COMMIT="abc123"))
     client = app.test_client()
     assert client.get("/version").json == {
-        "version": "1.0.0+build.57", "semver": "1.0.0", "build": "57", "commit": "abc123",
+        "version": "1.0.0+build.57",
+        "semver": "1.0.0",
+        "build": "57",
+        "commit": "abc123",
     }
     assert "v1.0.0+build.57" in visit(client)
 
@@ -117,7 +120,7 @@ def test_stats_api(client: FlaskClient) -> None:
     assert body["total_visitors"] == 2
     assert body["total_visits"] == 3
     assert len(body["daily"]) == 30
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     assert body["daily"][-1] == {"day": today, "unique_visitors": 2}
     assert all(day["unique_visitors"] == 0 for day in body["daily"][:-1])
 

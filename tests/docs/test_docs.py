@@ -93,7 +93,10 @@ def test_every_diagram_parses(tmp_path: Path) -> None:
         source_file.write_text(source)
         result = subprocess.run(
             [str(MMDC), "--quiet", "-p", str(config), "-i", str(source_file), "-o", str(tmp_path / f"{name}.svg")],
-            capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         )
         assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
         assert "Syntax error" not in (tmp_path / f"{name}.svg").read_text(), name

@@ -168,8 +168,10 @@ class ExternalPostgres:
         return self._with_database(database)
 
     def dsn(self, database: str) -> str:
-        return make_url(self._with_database(database)).render_as_string(hide_password=False).replace(
-            "postgresql+psycopg2", "postgresql", 1
+        return (
+            make_url(self._with_database(database))
+            .render_as_string(hide_password=False)
+            .replace("postgresql+psycopg2", "postgresql", 1)
         )
 
     def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
