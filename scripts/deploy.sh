@@ -5,6 +5,7 @@
 #   scripts/deploy.sh registry.example.com/tally:1.3.0-build.57   # full image reference
 #   scripts/deploy.sh 1.3.0-build.57                              # tag only: keeps the current repository
 #   scripts/deploy.sh --rollback                                  # back to the image recorded before the last deploy
+#   scripts/deploy.sh --no-pull tally:local                       # an image built on this host (no registry)
 #
 # Order: record the running image -> pull -> `migrate` service -> for every old app replica: start one new
 # replica next to it, wait until Docker reports it healthy, then stop and remove one old replica. Traefik only
@@ -15,7 +16,7 @@
 # Environment: DOCKER (docker CLI, may be e.g. "sudo docker"), APP_SERVICE (app), MIGRATE_SERVICE (migrate),
 # HEALTH_TIMEOUT seconds per replica (180), HEALTH_POLL_INTERVAL seconds (2), STOP_TIMEOUT seconds for the
 # old replica's graceful stop (30, keep >= gunicorn's graceful timeout), ENV_FILE (.env),
-# DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations.
+# DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations, SKIP_PULL=1 (= --no-pull).
 set -euo pipefail
 
 DOCKER=${DOCKER:-docker}
@@ -28,6 +29,7 @@ STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 ENV_FILE=${ENV_FILE:-.env}
 STATE_DIR=${DEPLOY_STATE_DIR:-.deploy}
 SKIP_MIGRATE=${SKIP_MIGRATE:-0}
+SKIP_PULL=${SKIP_PULL:-0}
 DEFAULT_IMAGE=tally:local
 
 # Set while running; the EXIT trap uses them to leave .env consistent with what is actually running.
@@ -46,7 +48,7 @@ die() { warn "ERROR: $*"; exit 1; }
 short() { printf '%s' "${1:0:12}"; }
 
 usage() {
-    sed -n '2,8s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -109,7 +111,7 @@ wait_healthy() {
                 log "$label $(short "$id") healthy after $((SECONDS - started))s"
                 return 0
                 ;;
-            */unhealthy)
+            running/unhealthy)
                 warn "$label $(short "$id") is unhealthy"
                 return 1
                 ;;
@@ -119,7 +121,8 @@ wait_healthy() {
                 ;;
             running/* | created/* | restarting/*) ;;
             *)
-                warn "$label $(short "$id") is $state"
+                # Exited/dead/gone: its health status is stale, waiting longer cannot help.
+                warn "$label $(short "$id") is ${state%%/*}"
                 return 1
                 ;;
         esac
@@ -218,6 +221,7 @@ main() {
         case $1 in
             --rollback) mode=rollback ;;
             --skip-migrate) SKIP_MIGRATE=1 ;;
+            --no-pull) SKIP_PULL=1 ;;
             -h | --help) usage ;;
             -*) usage ;;
             *) [[ -z $arg ]] || usage; arg=$1 ;;
@@ -261,8 +265,12 @@ main() {
 
     use_image "$target"
 
-    log "pulling images"
-    compose pull || die "pull failed; nothing was changed"
+    if [[ $SKIP_PULL == 1 ]]; then
+        log "not pulling (--no-pull): $target must already be on this host"
+    else
+        log "pulling images"
+        compose pull || die "pull failed; nothing was changed"
+    fi
 
     if [[ $SKIP_MIGRATE == 1 ]]; then
         log "skipping migrations"

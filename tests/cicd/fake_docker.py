@@ -40,10 +40,8 @@ def record(argv: list[str], **extra: Any) -> None:
 
 
 def find(state: State, cid: str) -> dict[str, Any] | None:
-    for c in state["containers"]:
-        if c["id"] == cid or c["id"].startswith(cid):
-            return c
-    return None
+    containers: list[dict[str, Any]] = state["containers"]
+    return next((c for c in containers if c["id"].startswith(cid)), None)
 
 
 def running(state: State, service: str) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ order (migrate -> add new -> wait healthy -> remove old, per replica) and the au
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -142,7 +143,8 @@ def test_rolling_order_per_replica(project: Path) -> None:
         "rm old002",
     ]
     # Compose interpolates the new image in every compose call, migrate included.
-    assert all(c["image_env"] == NEW for c in r.calls if c["argv"][0] == "compose")
+    first_pull = next(i for i, c in enumerate(r.calls) if c["argv"][:2] == ["compose", "pull"])
+    assert all(c["image_env"] == NEW for c in r.calls[first_pull:] if c["argv"][0] == "compose")
     ups = [c["argv"] for c in r.calls if c["argv"][:2] == ["compose", "up"]]
     assert all("--scale" in a and "app=3" in a and "--no-recreate" in a and "--no-deps" in a for a in ups)
     assert images_running(r) == [NEW, NEW]
@@ -242,3 +244,22 @@ def test_shellcheck_clean() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_pull_for_locally_built_images(project: Path) -> None:
+    r = run_deploy(project, "--no-pull", "tally:local")
+    assert r.rc == 0, r.err
+    assert events(r)[:2] == ["migrate", "up tally:local"]
+    assert images_running(r) == ["tally:local", "tally:local"]
+
+
+def test_concurrent_deploy_is_refused(project: Path) -> None:
+    state_dir = project / "srv" / ".deploy"
+    state_dir.mkdir()
+    with (state_dir / "lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run_deploy(project, NEW)
+    assert r.rc != 0
+    assert "another deploy" in r.err
+    assert r.calls == []
+    assert env_image(r) == OLD

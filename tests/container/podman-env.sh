@@ -31,6 +31,9 @@ tally_podman_write_conf() {
     cat >"$TALLY_PODMAN_CACHE/containers.conf" <<CONF
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+# A run that names no network must not get netavark's bridge: that adds
+# iptables chains to the host that outlive every container.
+netns = "host"
 
 [engine]
 runtime = "runc"

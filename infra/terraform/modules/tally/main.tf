@@ -37,6 +37,9 @@ locals {
   secret_names         = ["postgres_password", "secret_key", "grafana_admin_password"]
 
   backup_bucket_name = coalesce(var.backup_bucket_name, "${var.name}-backups-${local.account_id}-${local.region}")
+  # Built from the name rather than read from the bucket so the policies are
+  # known at plan time (and reviewable in the plan).
+  backup_bucket_arn = "arn:${local.partition}:s3:::${local.backup_bucket_name}"
 
   public_host = var.domain != "" ? var.domain : aws_eip.this.public_ip
   url         = "https://${local.public_host}"

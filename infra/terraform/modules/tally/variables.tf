@@ -235,7 +235,7 @@ variable "repo_ref" {
 }
 
 variable "domain" {
-  description = "Public DNS name of the site (DOMAIN for Traefik/Let's Encrypt). Empty: no domain, the site is served on the Elastic IP with Traefik's self-signed certificate."
+  description = "Public DNS name of the site (DOMAIN for Traefik/Let's Encrypt). Empty: no domain, DOMAIN becomes the Elastic IP and the site is served there with Traefik's self-signed certificate."
   type        = string
   default     = ""
 
@@ -304,8 +304,8 @@ variable "extra_env" {
   }
 
   validation {
-    condition     = length(setintersection(keys(var.extra_env), ["DOMAIN", "ACME_EMAIL", "USER_NAME", "USER_URL", "BACKUP_S3_BUCKET", "BACKUP_S3_REGION"])) == 0
-    error_message = "extra_env must not redefine DOMAIN, ACME_EMAIL, USER_NAME, USER_URL, BACKUP_S3_BUCKET or BACKUP_S3_REGION: they have their own variables."
+    condition     = length(setintersection(keys(var.extra_env), ["DOMAIN", "ACME_EMAIL", "USER_NAME", "USER_URL", "BACKUP_S3_BUCKET", "BACKUP_S3_REGION", "AWS_DEFAULT_REGION"])) == 0
+    error_message = "extra_env must not redefine DOMAIN, ACME_EMAIL, USER_NAME, USER_URL, BACKUP_S3_BUCKET, BACKUP_S3_REGION or AWS_DEFAULT_REGION: the module sets them."
   }
 }
 
@@ -321,7 +321,7 @@ variable "ssm_parameter_prefix" {
 }
 
 variable "backup_age_recipient" {
-  description = "Optional age public key (age1...) the backup sidecar encrypts offsite copies to; written to secrets/backup_age_recipient. A public key is not a secret."
+  description = "age public key (age1..., from `age-keygen -y`) the backup sidecar encrypts offsite copies to. Setting it switches the offsite copy to the S3 bucket on (the sidecar never uploads unencrypted dumps). A public key is not a secret; keep the private key off the server."
   type        = string
   default     = ""
 
@@ -428,7 +428,7 @@ variable "dns_ttl" {
 }
 
 variable "enable_health_check" {
-  description = "Create a Route53 HTTPS health check on /healthz (about 0.75 USD/month), a CloudWatch alarm on it and an SNS topic for notifications."
+  description = "Create a Route53 HTTPS health check on /healthz (about 1.50 USD/month), a CloudWatch alarm on it and an SNS topic for notifications."
   type        = bool
   default     = true
 }

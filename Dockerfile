@@ -1,0 +1,87 @@
+# syntax=docker/dockerfile:1
+#
+# Tally production image: gunicorn serving app:create_app() as an unprivileged user.
+#
+# Base image: the official slim Python image, pinned by exact version. The FROM lines use the plain tag
+# (not tag@digest) because tests/container builds a local stand-in tagged with exactly this reference; the
+# digest of the tag as last verified is recorded here, refresh both together when bumping:
+#   docker buildx imagetools inspect python:3.11.14-slim-bookworm --format '{{.Manifest.Digest}}'
+#   PYTHON_IMAGE_DIGEST=sha256:<refresh-on-bump>   (not verifiable from the build machines: no registry access)
+# To build on an exact digest anyway: docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:...
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# checkov:skip=CKV_DOCKER_7: the base is pinned to an exact version through PYTHON_IMAGE above, which checkov cannot expand (tests/stack/test_dockerfile.py checks the pin)
+
+# ---------------------------------------------------------------------------------------------------------
+# builder: installs the locked dependencies into a virtualenv that the runtime stage copies as a whole.
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /build
+COPY requirements.lock ./
+# --no-deps: exactly the pinned set, nothing resolved at build time; --only-binary: no sdist is ever
+# compiled, so no compiler is needed here either and a dependency without a wheel fails the build loudly.
+# pip check proves the pinned set is complete and consistent.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-deps --only-binary=:all: --requirement requirements.lock \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools
+
+# ---------------------------------------------------------------------------------------------------------
+# runtime
+FROM ${PYTHON_IMAGE} AS runtime
+
+ARG PYTHON_IMAGE
+# VERSION must equal version.txt when given (checked below); BUILD_NUMBER and GIT_COMMIT are shown by /version.
+ARG VERSION=""
+ARG BUILD_NUMBER=""
+ARG GIT_COMMIT=""
+
+LABEL org.opencontainers.image.title="tally" \
+      org.opencontainers.image.description="Tally visitor counter (Flask + gunicorn)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}" \
+      io.tally.build-number="${BUILD_NUMBER}"
+
+# The root filesystem is read-only in compose: no bytecode writes, and the multiprocess metrics directory
+# lives on the /tmp tmpfs.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TALLY_ENV=production \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/tally-metrics \
+    BUILD_NUMBER=${BUILD_NUMBER} \
+    GIT_COMMIT=${GIT_COMMIT}
+
+# A fixed uid/gid so volume and secret file permissions can be reasoned about outside the image.
+RUN groupadd --system --gid 10001 tally \
+    && useradd --system --no-log-init --uid 10001 --gid tally --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin tally
+
+COPY --from=builder /opt/venv /opt/venv
+
+WORKDIR /srv/tally
+# Code stays root-owned: the app user can read it but never modify it, even without read_only.
+COPY gunicorn.conf.py version.txt ./
+COPY app/ ./app/
+RUN if [ -n "${VERSION}" ] && [ "${VERSION}" != "$(cat version.txt)" ]; then \
+        echo "VERSION build arg '${VERSION}' does not match version.txt '$(cat version.txt)'" >&2; exit 1; \
+    fi \
+    && python -m compileall -q app
+
+USER 10001:10001
+
+EXPOSE 8000 9200
+
+# Liveness only (no database): the container is healthy when gunicorn answers. Readiness (/readyz) is what
+# Traefik's load-balancer health check uses. slim has no curl, hence python.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'); sys.exit(0 if urllib.request.urlopen(url, timeout=2).status == 200 else 1)"]
+
+# gunicorn is PID 1 (exec form, no shell): SIGTERM reaches the master, which stops accepting and lets
+# in-flight requests finish within GUNICORN_GRACEFUL_TIMEOUT (20 s) < compose stop_grace_period (30 s).
+STOPSIGNAL SIGTERM
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"]

@@ -1,0 +1,249 @@
+"""The stack of the native drills: real PostgreSQL 15, the app under the production gunicorn config
+(N replicas, each its own gunicorn master on its own port), haproxy in front (drills/lb.py) and,
+when asked, Prometheus + Alertmanager + the alert webhook from tests/support/observability.py.
+
+Every process is started in its own session and stopped by PID in ``close`` (also on failure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
+from tests.support.observability import ObservabilityStack
+from tests.support.postgres import PostgresServer
+from tests.support.procs import free_port, wait_until
+
+from .lb import HAProxy, TraefikService, read_traefik_service
+
+DATABASE = "tally"
+REPLICA_ALERT = "AppReplicasBelowMinimum"
+# The alert waits 2m in production; the drill shortens only its `for:` (nothing else is rewritten),
+# so what is measured is scrape -> rule -> Alertmanager -> webhook with our real files.
+ALERT_FOR_OVERRIDES = {REPLICA_ALERT: "3s"}
+
+
+@dataclass
+class NativeStack:
+    workdir: Path
+    pg: PostgresServer
+    database_url: str
+    envs: list[dict[str, str]]
+    replicas: list[Gunicorn] = field(default_factory=list)
+    haproxy: HAProxy | None = None
+    lb_service: TraefikService | None = None
+    observability: ObservabilityStack | None = None
+    restarts: int = 0
+
+    @property
+    def lb(self) -> HAProxy:
+        assert self.haproxy is not None, "started without a load balancer"
+        return self.haproxy
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(
+        cls,
+        workdir: Path,
+        *,
+        replicas: int = 2,
+        max_connections: int = 100,
+        alerting: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> Iterator[NativeStack]:
+        workdir.mkdir(parents=True, exist_ok=True)
+        pg = PostgresServer.create(max_connections=max_connections)
+        stack = cls(workdir=workdir, pg=pg, database_url="", envs=[])
+        try:
+            stack.database_url = pg.create_database(DATABASE)
+            migrated = migrate(stack.database_url, workdir)
+            if migrated.returncode != 0:
+                raise AssertionError(f"migration failed:\n{migrated.stdout}{migrated.stderr}")
+            for index in range(replicas):
+                # Fixed ports per replica: a restarted replica comes back where the balancer expects it.
+                replica_dir = workdir / f"replica-{index}"
+                replica_dir.mkdir(exist_ok=True)
+                stack.envs.append(
+                    base_env(
+                        stack.database_url,
+                        replica_dir,
+                        PORT=str(free_port()),
+                        METRICS_PORT=str(free_port()),
+                        TRUSTED_PROXY_HOPS="1",
+                        **(env or {}),
+                    )
+                )
+            for index in range(replicas):
+                stack.replicas.append(run_gunicorn(stack.envs[index], stack.log_path(index)))
+            stack.lb_service = read_traefik_service()
+            stack.haproxy = HAProxy.start(
+                workdir / "haproxy",
+                [(stack.server_name(i), r.port) for i, r in enumerate(stack.replicas)],
+                stack.lb_service,
+            )
+            stack.wait_servers_up(timeout=stack.health_check_bound_s() + 5)
+            if alerting:
+                (workdir / "observability").mkdir(exist_ok=True)
+                observability = ObservabilityStack(workdir=workdir / "observability")
+                stack.observability = observability
+                observability.start_alerting()
+                observability.start_prometheus(
+                    {"tally-app": [f"127.0.0.1:{r.metrics_port}" for r in stack.replicas]},
+                    for_overrides=ALERT_FOR_OVERRIDES,
+                )
+                wait_until(
+                    lambda: _replicas_up(observability) == len(stack.replicas),
+                    timeout=30,
+                    interval=0.25,
+                    message="Prometheus scraping every replica",
+                )
+            yield stack
+        finally:
+            stack.close()
+
+    # ------------------------------------------------------------------ replicas
+
+    @staticmethod
+    def server_name(index: int) -> str:
+        return f"app{index + 1}"
+
+    def log_path(self, index: int) -> Path:
+        return self.workdir / f"replica-{index}.log"
+
+    def restart(self, index: int) -> Gunicorn:
+        self.replicas[index] = run_gunicorn(self.envs[index], self.log_path(index))
+        self.restarts += 1
+        return self.replicas[index]
+
+    def logs(self) -> str:
+        return "\n".join(self.log_path(i).read_text(errors="replace") for i in range(len(self.envs)))
+
+    def health_check_bound_s(self) -> float:
+        """Longest time the balancer may take to notice a change: one interval plus one check timeout."""
+        service = self.lb_service or read_traefik_service()
+        return (max(service.health_interval_ms, service.unhealthy_interval_ms) + service.health_timeout_ms) / 1000
+
+    def wait_server(self, index: int, status: str, timeout: float) -> float:
+        started = time.monotonic()
+        wait_until(
+            lambda: self.lb.server_status(self.server_name(index)) == status,
+            timeout=timeout,
+            interval=0.05,
+            message=f"haproxy marks {self.server_name(index)} {status}",
+        )
+        return time.monotonic() - started
+
+    def wait_servers_up(self, timeout: float) -> None:
+        for index in range(len(self.replicas)):
+            self.wait_server(index, "UP", timeout)
+
+    # ------------------------------------------------------------------ database
+
+    def db_value(self, sql: str) -> int:
+        [(value,)] = self.pg.execute(sql, DATABASE)
+        return int(str(value or 0))
+
+    def total_visits(self) -> int:
+        return self.db_value("SELECT coalesce(sum(visits), 0) FROM visitors")
+
+    def total_visitors(self) -> int:
+        return self.db_value("SELECT count(*) FROM visitors")
+
+    def counters_consistent(self) -> bool:
+        """The app's own invariant: the sharded totals agree with the visitor rows."""
+        return self.total_visits() == self.db_value(
+            "SELECT coalesce(sum(visits), 0) FROM total_shards"
+        ) and self.total_visitors() == self.db_value("SELECT coalesce(sum(visitors), 0) FROM total_shards")
+
+    # ------------------------------------------------------------------ alerts
+
+    def _alert_statuses(self) -> list[str]:
+        """Statuses of the replica alert in the order the webhook received them."""
+        assert self.observability is not None and self.observability.webhook is not None
+        return [
+            alert["status"]
+            for record in self.observability.webhook.notifications()
+            for alert in record["alerts"]
+            if alert["labels"].get("alertname") == REPLICA_ALERT
+        ]
+
+    def alert_quiet(self) -> int:
+        """Wait until the replica alert is inactive (start-up scrapes can trip it briefly, since the
+        drill shortens its `for:`) and return a mark: only notifications after it count."""
+        assert self.observability is not None and self.observability.prometheus is not None
+        prometheus = self.observability.prometheus
+        wait_until(
+            lambda: (
+                not any(
+                    a["labels"].get("alertname") == REPLICA_ALERT
+                    for a in requests.get(f"{prometheus.url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+                )
+                and (not self._alert_statuses() or self._alert_statuses()[-1] == "resolved")
+            ),
+            timeout=60,
+            interval=0.25,
+            message="replica alert inactive before the drill",
+        )
+        return len(self._alert_statuses())
+
+    def alert_after(self, mark: int, *sequence: str) -> bool:
+        """The webhook received ``sequence`` (e.g. firing, resolved) in order after ``mark``."""
+        statuses = iter(self._alert_statuses()[mark:])
+        return all(any(status == wanted for status in statuses) for wanted in sequence)
+
+    # ------------------------------------------------------------------ cleanup
+
+    def close(self) -> None:
+        errors: list[BaseException] = []
+        steps: list[Callable[[], None]] = []
+        if self.observability is not None:
+            steps.append(self.observability.close)
+        if self.haproxy is not None:
+            steps.append(self.haproxy.stop)
+        steps += [lambda r=r: r.stop(signal.SIGKILL, timeout=10) for r in self.replicas]  # type: ignore[misc]
+        steps.append(self.pg.destroy)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - keep cleaning up, report the first error after
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def _replicas_up(observability: ObservabilityStack) -> int:
+    assert observability.prometheus is not None
+    samples = observability.prometheus.samples('sum(up{job="tally-app"})')
+    return int(float(samples[0]["value"][1])) if samples else 0
+
+
+def child_pids(parent: int) -> set[int]:
+    """Live children of ``parent`` (gunicorn workers of a master), read from /proc."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Field 4 is the parent PID; the command name (field 2) may contain spaces, so split after ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z":
+            children.add(int(entry))
+    return children
+
+
+def get_ok(url: str, timeout: float = 5) -> bool:
+    try:
+        return requests.get(url, timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,0 +1,88 @@
+"""Resilience drills: ``python -m drills --target native|compose --action ACTION [--short] [--duration S]``.
+
+native   starts everything itself on 127.0.0.1 (PostgreSQL 15, gunicorn replicas with the production
+         config, haproxy mirroring our Traefik settings, Prometheus + Alertmanager for the alert),
+         breaks it, measures, and stops every process it started.
+compose  drives an already running compose stack with docker / docker compose (operators).
+         ``--dry-run`` prints the commands instead of running them.
+
+Exit status: 0 when every drill held its promises, 1 otherwise. ``--json FILE`` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from .compose import ComposeCommands, ComposeDrills, DryRunner
+from .report import DrillResult, dump
+from .scenarios import DRILLS, FULL, SHORT
+
+ACTIONS = list(DRILLS)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m drills", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=["native", "compose"], default="native")
+    parser.add_argument("--action", choices=[*ACTIONS, "all"], default="all")
+    parser.add_argument("--short", action="store_true", help="the short versions run by `make test`")
+    parser.add_argument(
+        "--duration", type=float, help="seconds of steady load before the fault and after recovery (each)"
+    )
+    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    parser.add_argument("--workdir", type=Path, help="native: where logs and configs go (default: a temp dir)")
+    compose = parser.add_argument_group("compose target")
+    compose.add_argument("--url", default="https://localhost", help="public URL of the stack (Traefik)")
+    compose.add_argument("--project-dir", type=Path, default=ComposeCommands().project_dir)
+    compose.add_argument("--project-name", help="compose project name, if not the default")
+    compose.add_argument("--verify-tls", action="store_true", help="verify the certificate (off: self-signed)")
+    compose.add_argument("--dry-run", action="store_true", help="print the docker commands, run nothing")
+    return parser.parse_args(argv)
+
+
+def run_native(actions: list[str], args: argparse.Namespace) -> list[DrillResult]:
+    profile = (SHORT if args.short else FULL).with_duration(args.duration)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tally-drills-"))
+    print(f"drills: native, {profile.name} profile, logs under {workdir}", flush=True)
+    results = []
+    for action in actions:
+        result = DRILLS[action](workdir / action, profile)
+        print(result.text(), flush=True)
+        results.append(result)
+    return results
+
+
+def run_compose(actions: list[str], args: argparse.Namespace) -> list[DrillResult]:
+    commands = ComposeCommands(project_dir=args.project_dir, project=args.project_name)
+    drills = ComposeDrills(
+        base_url=args.url,
+        commands=commands,
+        insecure=not args.verify_tls,
+        dry_run=args.dry_run,
+        workdir=args.workdir or Path("drill-results"),
+        **({"run": DryRunner()} if args.dry_run else {}),  # type: ignore[arg-type]
+        **({"steady_s": args.duration} if args.duration else {}),
+    )
+    results = []
+    for action in actions:
+        result = drills.by_name()[action]()
+        print(result.text(), flush=True)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    actions = ACTIONS if args.action == "all" else [args.action]
+    results = run_native(actions, args) if args.target == "native" else run_compose(actions, args)
+    if args.json:
+        args.json.write_text(dump(results) + "\n")
+    failed = [r.drill for r in results if not r.passed]
+    print(f"drills: {len(results) - len(failed)}/{len(results)} passed" + (f"; FAILED: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

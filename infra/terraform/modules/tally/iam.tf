@@ -1,0 +1,102 @@
+# The instance role may touch exactly: the backup bucket (read, write,
+# delete-marker only: no version deletion, so a compromised host cannot erase
+# history), its own SSM parameters, and, when enabled, SSM Session Manager.
+
+resource "aws_iam_role" "instance" {
+  name_prefix = "${var.name}-server-"
+  description = "Tally server instance role"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "ec2.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+
+  tags = local.tags
+}
+
+locals {
+  ssm_parameter_arn = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter${local.ssm_parameter_prefix}/*"
+
+  instance_policy_statements = concat(
+    [
+      {
+        Sid      = "BackupBucketList"
+        Effect   = "Allow"
+        Action   = ["s3:ListBucket", "s3:GetBucketLocation"]
+        Resource = local.backup_bucket_arn
+      },
+      {
+        Sid    = "BackupObjects"
+        Effect = "Allow"
+        Action = [
+          "s3:GetObject",
+          "s3:PutObject",
+          "s3:DeleteObject",
+          "s3:AbortMultipartUpload",
+          "s3:ListMultipartUploadParts",
+        ]
+        Resource = "${local.backup_bucket_arn}/*"
+      },
+      {
+        # PutParameter lets the first boot store the secrets it generates.
+        Sid      = "StackSecrets"
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameter", "ssm:GetParameters", "ssm:PutParameter"]
+        Resource = local.ssm_parameter_arn
+      },
+    ],
+    var.backup_kms_key_arn == null ? [] : [{
+      Sid      = "BackupKmsKey"
+      Effect   = "Allow"
+      Action   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      Resource = var.backup_kms_key_arn
+    }],
+  )
+}
+
+resource "aws_iam_role_policy" "instance" {
+  name   = "tally-server"
+  role   = aws_iam_role.instance.id
+  policy = jsonencode({ Version = "2012-10-17", Statement = local.instance_policy_statements })
+}
+
+resource "aws_iam_role_policy_attachment" "ssm_core" {
+  count = var.enable_ssm ? 1 : 0
+
+  role       = aws_iam_role.instance.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_instance_profile" "instance" {
+  name_prefix = "${var.name}-server-"
+  role        = aws_iam_role.instance.name
+  tags        = local.tags
+}
+
+# Data Lifecycle Manager takes the data volume snapshots.
+resource "aws_iam_role" "dlm" {
+  count = var.data_volume_snapshots ? 1 : 0
+
+  name_prefix = "${var.name}-dlm-"
+  description = "Tally data volume snapshots (DLM)"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "dlm.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy_attachment" "dlm" {
+  count = var.data_volume_snapshots ? 1 : 0
+
+  role       = aws_iam_role.dlm[0].name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"
+}

@@ -1,0 +1,1 @@
+"""Tally's Locust suite: visitor classes, load shapes, thresholds. See docs/capacity.md."""

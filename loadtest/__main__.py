@@ -1,0 +1,61 @@
+"""Headless runner: ``python -m loadtest --host URL [--shape smoke|step|spike|soak] [locust options...]``.
+
+Puts the CSV files, the HTML report and summary.json into ``loadtest/results/<UTC time>-<shape>/``
+(or ``--results-dir``) and exits with Locust's exit code: 0 when the thresholds hold, non-zero
+otherwise. Any option it does not know is handed to Locust unchanged (e.g. ``--p95-ms 200``,
+``--shape-users 50``, user class names to run only some of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOCUSTFILE = HERE / "locustfile.py"
+RESULTS = HERE / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--host", required=True, help="target base URL, e.g. https://localhost or http://127.0.0.1:8000"
+    )
+    parser.add_argument("--shape", default=os.environ.get("LOADTEST_SHAPE", "smoke"))
+    parser.add_argument("--results-dir", type=Path, help="default: loadtest/results/<UTC time>-<shape>")
+    parser.add_argument("--processes", type=int, default=1, help="Locust worker processes (-1: one per core)")
+    args, passthrough = parser.parse_known_args(argv)
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results = args.results_dir or RESULTS / f"{stamp}-{args.shape}"
+    results.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "--locustfile",
+        str(LOCUSTFILE),
+        "--host",
+        args.host,
+        "--shape",
+        args.shape,
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(results / "locust"),
+        "--csv-full-history",
+        "--html",
+        str(results / "report.html"),
+        *(["--processes", str(args.processes)] if args.processes != 1 else []),
+        *passthrough,
+    ]
+    print(f"tally-loadtest results: {results}", flush=True)
+    return subprocess.call(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Runs never overlap; the scheduler's timetable, catch-up run, drill, heartbeat and shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.procs import free_port, port_open, stop_process, wait_until
+
+from .conftest import Sidecar, summary
+
+
+def blocking_pg_dump(tmp_path: Path, real: str) -> tuple[Path, Path, Path]:
+    """A pg_dump wrapper that announces itself and then waits for the test to release it."""
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    os.mkfifo(gate)
+    wrapper = tmp_path / "pg_dump"
+    wrapper.write_text(f'#!/bin/sh\ntouch "{started}"\nread _ < "{gate}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, started, gate
+
+
+def test_concurrent_runs_do_not_overlap(sidecar: Sidecar, tmp_path: Path) -> None:
+    sidecar.seed(20)
+    wrapper, started, gate = blocking_pg_dump(tmp_path, str(sidecar.server.bin_dir / "pg_dump"))
+    first = sidecar.popen("backup", PG_DUMP=str(wrapper), BACKUP_NOW="2026-06-01T02:30:00Z")
+    try:
+        wait_until(started.exists, timeout=30, message="first backup inside pg_dump")
+
+        second = sidecar.run("backup", BACKUP_NOW="2026-06-01T02:31:00Z")
+        assert second.returncode == 75
+        assert "another backup, verify or restore is running" in summary(second, "backup")
+        # verify and restore wait for the lock (bounded by BACKUP_LOCK_WAIT) rather than interleave
+        waited = sidecar.run("verify", "latest", BACKUP_LOCK_WAIT="0")
+        assert waited.returncode in (1, 75)
+
+        with gate.open("w") as release:
+            release.write("go\n")
+        out, err = first.communicate(timeout=60)
+    finally:
+        stop_process(first)  # type: ignore[arg-type]
+    assert first.returncode == 0, out + err
+    assert sidecar.dumps() == ["tally-20260601T023000Z.dump"]
+    assert sidecar.metrics()["tally_backup_last_run_success"] == 1
+
+
+def test_busy_lock_is_reported_without_touching_the_database(sidecar: Sidecar) -> None:
+    sidecar.backup_dir.mkdir()
+    lock = (sidecar.backup_dir / ".lock").open("a")
+    holder = subprocess.Popen(["flock", str(sidecar.backup_dir / ".lock"), "sleep", "60"])
+    try:
+        wait_until(
+            lambda: subprocess.run(["flock", "-n", str(sidecar.backup_dir / ".lock"), "true"]).returncode == 1,
+            timeout=10,
+            message="lock held",
+        )
+        result = sidecar.run("backup")
+        assert result.returncode == 75
+        assert sidecar.dumps() == []
+    finally:
+        holder.kill()
+        holder.wait()
+        lock.close()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "now", "expected"),
+    [
+        (
+            "daily@02:30",
+            "2026-03-31T01:00:00Z",
+            ["2026-03-31T02:30:00Z", "2026-04-01T02:30:00Z", "2026-04-02T02:30:00Z"],
+        ),
+        (
+            "daily@02:30",
+            "2026-03-31T02:30:00Z",
+            ["2026-04-01T02:30:00Z", "2026-04-02T02:30:00Z", "2026-04-03T02:30:00Z"],
+        ),
+        ("hourly", "2026-12-31T23:59:59Z", ["2027-01-01T00:00:00Z", "2027-01-01T01:00:00Z", "2027-01-01T02:00:00Z"]),
+        ("hourly@15", "2026-03-31T10:20:00Z", ["2026-03-31T11:15:00Z", "2026-03-31T12:15:00Z", "2026-03-31T13:15:00Z"]),
+        ("every:6h", "2026-03-31T05:59:00Z", ["2026-03-31T06:00:00Z", "2026-03-31T12:00:00Z", "2026-03-31T18:00:00Z"]),
+        ("every:30m", "2026-03-31T10:00:00Z", ["2026-03-31T10:30:00Z", "2026-03-31T11:00:00Z", "2026-03-31T11:30:00Z"]),
+        ("off", "2026-03-31T10:00:00Z", ["off"]),
+    ],
+)
+def test_schedule_formats(sidecar: Sidecar, schedule: str, now: str, expected: list[str]) -> None:
+    result = sidecar.run("backup-scheduler", "--print-next", "3", BACKUP_SCHEDULE=schedule, BACKUP_NOW=now)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected
+
+
+@pytest.mark.parametrize("schedule", ["daily@24:00", "daily", "every:1m", "every:0h", "weekly", "0 2 * * *"])
+def test_invalid_schedule_is_refused_with_the_accepted_formats(sidecar: Sidecar, schedule: str) -> None:
+    result = sidecar.run("backup-scheduler", "--print-next", "1", BACKUP_SCHEDULE=schedule)
+    assert result.returncode == 2
+    line = summary(result, "backup-scheduler")
+    assert line.startswith(f"backup-scheduler: FAILED BACKUP_SCHEDULE={schedule}")
+    assert ("daily@HH:MM" in line) or ("below 5 minutes" in line)
+
+
+def test_scheduler_catches_up_runs_the_drill_beats_and_stops_on_sigterm(sidecar: Sidecar, tmp_path: Path) -> None:
+    sidecar.seed(30)
+    heartbeat = tmp_path / "heartbeat"
+    # No backup yet: the scheduler backs up at once, then verifies it, then sleeps until 02:30.
+    port = str(free_port())
+    process = sidecar.popen("backup-scheduler", BACKUP_SCHEDULE="daily@02:30", BACKUP_METRICS_PORT=port)
+    try:
+        wait_until(lambda: "tally_backup_last_verify_success" in sidecar.metrics(), timeout=60, message="drill")
+        metrics = sidecar.metrics()
+        assert metrics["tally_backup_last_verify_success"] == 1
+        assert metrics["tally_backup_last_run_success"] == 1
+        assert metrics["tally_backup_schedule_interval_seconds"] == 86400
+        assert len(sidecar.dumps()) == 1
+
+        # what Prometheus' `backup` job scrapes
+        response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "tally_backup_last_verify_success 1\n" in response.text
+        assert requests.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
+
+        health = sidecar.run("backup-healthcheck", BACKUP_METRICS_PORT=port)
+        assert health.returncode == 0, health.stdout
+        unreachable = sidecar.run("backup-healthcheck", BACKUP_METRICS_PORT=str(free_port()))
+        assert unreachable.returncode == 1 and "metrics endpoint" in unreachable.stdout
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        assert time.monotonic() - started < 10
+    finally:
+        stop_process(process)  # type: ignore[arg-type]
+    assert process.returncode == 0
+    wait_until(lambda: not port_open(int(port)), timeout=10, message="metrics endpoint closed")
+
+    old = time.time() - 600
+    os.utime(heartbeat, (old, old))
+    stale = sidecar.run("backup-healthcheck")
+    assert stale.returncode == 1 and "heartbeat" in stale.stdout

@@ -1,0 +1,151 @@
+"""Fast checks of the drill machinery: the haproxy mirror of Traefik, the counting rule, the bad-input
+corpus, and the compose commands operators run (they cannot run here: no Docker engine)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.identity import normalise_address
+from drills import badinput, compose, lb
+from drills.load import parse_ledger
+from drills.report import Ledger
+from drills.run import main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def app_labels() -> dict[str, str]:
+    return yaml.safe_load((REPO_ROOT / "compose" / "app.yaml").read_text())["services"]["app"]["labels"]
+
+
+def render(service: lb.TraefikService, tmp_path: Path) -> str:
+    return lb.render_config(service, 8080, [("app1", 9001), ("app2", 9002)], tmp_path / "haproxy.sock")
+
+
+def test_haproxy_mirrors_the_traefik_service_of_the_app(tmp_path: Path) -> None:
+    labels = app_labels()
+    service = lb.read_traefik_service()
+    assert service.health_path == labels["traefik.http.services.tally.loadbalancer.healthcheck.path"]
+    assert service.health_interval_ms == lb.go_duration_ms(
+        labels["traefik.http.services.tally.loadbalancer.healthcheck.interval"]
+    )
+    middlewares = yaml.safe_load((REPO_ROOT / "traefik" / "dynamic" / "middlewares.yml").read_text())
+    assert service.retry_attempts == middlewares["http"]["middlewares"]["retry"]["retry"]["attempts"]
+
+    config = render(service, tmp_path)
+    assert f"option httpchk GET {service.health_path}" in config
+    assert f"inter {service.health_interval_ms}ms" in config and "fall 1 rise 1" in config
+    assert "balance roundrobin" in config
+    assert f"retries {service.retry_attempts - 1}" in config and "option redispatch 1" in config
+    assert "retry-on conn-failure empty-response" in config
+    # Client-supplied X-Forwarded-For is dropped before the real peer is appended, as Traefik does.
+    assert config.index("del-header X-Forwarded-For") < config.index("option forwardfor")
+    (tmp_path / "haproxy.cfg").write_text(config)
+    check = subprocess.run([lb.HAPROXY_BIN, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_mirror_follows_changes_to_the_traefik_config(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO_ROOT / "compose" / "app.yaml").read_text())
+    labels = doc["services"]["app"]["labels"]
+    labels["traefik.http.services.tally.loadbalancer.healthcheck.interval"] = "1m30s"
+    labels["traefik.http.services.tally.loadbalancer.healthcheck.unhealthyinterval"] = "1s"
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump(doc))
+    dynamic = tmp_path / "dynamic"
+    dynamic.mkdir()
+    middlewares = yaml.safe_load((REPO_ROOT / "traefik" / "dynamic" / "middlewares.yml").read_text())
+    middlewares["http"]["middlewares"]["tally-chain"]["chain"]["middlewares"].remove("retry")
+    (dynamic / "middlewares.yml").write_text(yaml.safe_dump(middlewares))
+
+    service = lb.read_traefik_service(tmp_path / "app.yaml", dynamic)
+    config = render(service, tmp_path)
+    assert "inter 90000ms downinter 1000ms" in config
+    assert "retries 0" in config and "retry-on none" in config
+
+
+def test_go_durations() -> None:
+    assert lb.go_duration_ms("5s") == 5000
+    assert lb.go_duration_ms("250ms") == 250
+    assert lb.go_duration_ms("1m30s") == 90000
+    with pytest.raises(ValueError, match="Go duration"):
+        lb.go_duration_ms("5 seconds")
+
+
+@pytest.mark.parametrize(
+    ("ledger", "violations"),
+    [
+        (Ledger(ok=100, failed=0, retried=0, db_delta=100), []),
+        (Ledger(ok=100, failed=0, retried=0, db_delta=99), ["lost-counts"]),
+        (Ledger(ok=100, failed=0, retried=0, db_delta=101), ["unexplained-counts"]),
+        # A reset connection or a retried request may have been counted: tolerated up to their number.
+        (Ledger(ok=100, failed=2, retried=1, db_delta=103), []),
+        (Ledger(ok=100, failed=2, retried=1, db_delta=104), ["unexplained-counts"]),
+        (Ledger(ok=100, failed=5, retried=0, db_delta=99), ["lost-counts"]),
+    ],
+)
+def test_counting_rule(ledger: Ledger, violations: list[str]) -> None:
+    assert [v.split(":", 1)[0] for v in ledger.violations()] == violations
+
+
+def test_ledger_lines_cut_short_are_ignored() -> None:
+    requests = parse_ledger("1.0 12.5 200 1 visit\n2.0 3.0 503 0 visit\n3.0 1.0 200 1 other\n4.0 2")
+    assert [(r.status, r.ok, r.visit) for r in requests] == [(200, True, True), (503, False, True), (200, True, False)]
+
+
+def test_forged_address_spellings_collapse_to_the_canonical_visitors() -> None:
+    # The bound on visitors added by the direct bad-input phase rests on this.
+    assert {normalise_address(value) for value in badinput.VALID_SPELLINGS} == set(badinput.CANONICAL)
+    assert {normalise_address(value) for value in badinput.INVALID_SPELLINGS} == {None}
+
+
+def test_bad_input_corpus_is_deterministic_and_covers_every_category() -> None:
+    first, again = badinput.corpus(500, seed="x"), badinput.corpus(500, seed="x")
+    assert [c.data for c in first] == [c.data for c in again]
+    assert len(first) == 500
+    tags = {c.tag for c in first}
+    for expected in ("xff-valid", "xff-invalid", "xff-spoofed-left", "xff-underscore", "odd-path", "binary-junk"):
+        assert expected in tags
+    assert any(len(c.data) > 8190 for c in first)
+
+
+def test_compose_replica_loss_kills_a_replica_and_starts_it_again() -> None:
+    commands = compose.plan(["replica-loss"])
+    kill = next(c for c in commands if c[:2] == ["docker", "kill"])
+    assert kill[2:4] == ["--signal", "KILL"]
+    assert ["docker", "start", kill[-1]] in commands
+    assert any("wget" in c and compose.REPLICA_ALERT in c[-1] for c in commands)
+
+
+def test_compose_graceful_restart_stops_each_replica_within_the_grace_period() -> None:
+    grace = yaml.safe_load((REPO_ROOT / "compose" / "app.yaml").read_text())["services"]["app"]["stop_grace_period"]
+    commands = compose.plan(["graceful-restart"])
+    stops = [c for c in commands if c[:2] == ["docker", "stop"]]
+    assert len(stops) == 2  # every replica the dry run lists
+    assert all(c[2:4] == ["--time", str(lb.go_duration_ms(grace) // 1000)] for c in stops)
+
+
+def test_compose_db_restart_stops_then_starts_postgres() -> None:
+    commands = compose.plan(["db-restart"])
+    tails = [c[-3:] for c in commands]
+    stop = tails.index(["--timeout", "60", "postgres"])
+    assert commands[stop][-4] == "stop"
+    assert commands.index(next(c for c in commands if c[-2:] == ["start", "postgres"])) > stop
+
+
+def test_compose_conn_exhaustion_shrinks_postgres_and_restores_it() -> None:
+    commands = compose.plan(["conn-exhaustion"])
+    recreate = [c for c in commands if "--force-recreate" in c]
+    assert recreate[0][:2] == ["env", "POSTGRES_MAX_CONNECTIONS=6"]
+    assert recreate[-1][0] == "docker"  # restored to the configured default
+    scales = [c[c.index("--scale") + 1] for c in commands if "--scale" in c]
+    assert scales == ["app=3", "app=2"]
+
+
+def test_cli_dry_run_against_compose(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", "compose", "--action", "all", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "docker kill --signal KILL" in out and "drills: 5/5 passed" in out

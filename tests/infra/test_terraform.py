@@ -1,0 +1,413 @@
+"""Terraform for AWS (infra/terraform): formatting, validation, `terraform
+test` under mock providers, checkov, and the first-boot bootstrap script.
+
+Nothing here reaches AWS or a registry: providers come from the local
+filesystem mirror (infra/terraform/offline.tfrc), and every Terraform
+command runs in a temporary copy so the repository tree stays clean
+(no .terraform/, no lock files, no state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TF_ROOT = REPO / "infra" / "terraform"
+MODULE = TF_ROOT / "modules" / "tally"
+EXAMPLE = TF_ROOT / "examples" / "single-server"
+BOOTSTRAP = MODULE / "templates" / "bootstrap.sh"
+DOC = REPO / "docs" / "deploy-aws.md"
+CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
+
+MODULE_TEST_FILES = sorted(p.name for p in (MODULE / "tests").glob("*.tftest.hcl"))
+
+
+def _tool(name: str, fallback: str | None = None) -> str:
+    path = shutil.which(name) or (fallback if fallback and os.access(fallback, os.X_OK) else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed (scripts/install-test-deps.sh installs it)")
+    return path
+
+
+def _tail(text: str, limit: int = 6000) -> str:
+    # Terraform echoes whole rendered values on failure; keep the end.
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def terraform() -> str:
+    return _tool("terraform", "/usr/local/bin/terraform")
+
+
+@pytest.fixture(scope="module")
+def tf_env(tmp_path_factory) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TF_CLI_CONFIG_FILE=str(TF_ROOT / "offline.tfrc"),
+        TF_IN_AUTOMATION="1",
+        TF_INPUT="0",
+        CHECKPOINT_DISABLE="1",
+        # Shared across the copies: the provider is linked, not copied again.
+        TF_PLUGIN_CACHE_DIR=str(tmp_path_factory.mktemp("tf-plugin-cache")),
+    )
+    env.pop("TF_DATA_DIR", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def tf_copy(tmp_path_factory) -> Path:
+    """A pristine copy of infra/terraform (module paths stay relative)."""
+    dest = tmp_path_factory.mktemp("tf") / "terraform"
+    shutil.copytree(
+        TF_ROOT,
+        dest,
+        ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "*.tfstate*", "terraform.tfvars"),
+    )
+    return dest
+
+
+def _init(terraform: str, workdir: Path, env: dict[str, str]) -> None:
+    res = _run([terraform, "init", "-backend=false", "-input=false", "-no-color"], workdir, env)
+    assert res.returncode == 0, f"terraform init (offline) failed in {workdir}:\n{res.stdout}\n{res.stderr}"
+
+
+@pytest.fixture(scope="module")
+def module_dir(terraform, tf_env, tf_copy) -> Path:
+    workdir = tf_copy / "modules" / "tally"
+    _init(terraform, workdir, tf_env)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def example_dir(terraform, tf_env, tf_copy) -> Path:
+    workdir = tf_copy / "examples" / "single-server"
+    _init(terraform, workdir, tf_env)
+    return workdir
+
+
+# --------------------------------------------------------------------------
+# Terraform
+
+
+def test_fmt(terraform):
+    res = _run([terraform, "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_ROOT)], REPO)
+    assert res.returncode == 0, f"terraform fmt -check found unformatted files:\n{res.stdout}{res.stderr}"
+
+
+def test_offline_cli_config_points_at_the_mirror():
+    text = (TF_ROOT / "offline.tfrc").read_text()
+    assert re.search(r'filesystem_mirror\s*{[^}]*path\s*=\s*"/opt/tf-plugins"', text), text
+    assert re.search(r'direct\s*{[^}]*exclude\s*=\s*\["registry.terraform.io/\*/\*"\]', text), text
+
+
+def test_validate_example(terraform, tf_env, example_dir):
+    # The module alone cannot be validated: it expects its caller to pass the
+    # aws.us_east_1 provider. The example root is the caller.
+    res = _run([terraform, "validate", "-no-color", "-json"], example_dir, tf_env)
+    report = json.loads(res.stdout)
+    assert res.returncode == 0 and report["valid"], json.dumps(report["diagnostics"], indent=2)
+    assert report["warning_count"] == 0, json.dumps(report["diagnostics"], indent=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("test_file", MODULE_TEST_FILES)
+def test_module_terraform_test(terraform, tf_env, module_dir, test_file):
+    res = _run(
+        [terraform, "test", "-no-color", f"-filter=tests/{test_file}"],
+        module_dir,
+        tf_env,
+    )
+    assert res.returncode == 0, f"terraform test {test_file} failed:\n{_tail(res.stdout + res.stderr)}"
+    assert re.search(r"Success! [1-9][0-9]* passed, 0 failed", res.stdout), _tail(res.stdout)
+
+
+def test_module_has_the_expected_test_files():
+    # Guards against a test file being renamed away from the *.tftest.hcl glob.
+    assert set(MODULE_TEST_FILES) >= {
+        "security.tftest.hcl",
+        "backups.tftest.hcl",
+        "cloud_init.tftest.hcl",
+        "dns_monitoring.tftest.hcl",
+        "validation.tftest.hcl",
+    }
+
+
+def test_example_terraform_test(terraform, tf_env, example_dir):
+    res = _run([terraform, "test", "-no-color"], example_dir, tf_env)
+    assert res.returncode == 0, f"terraform test (example) failed:\n{_tail(res.stdout + res.stderr)}"
+    assert re.search(r"Success! [1-9][0-9]* passed, 0 failed", res.stdout), _tail(res.stdout)
+
+
+def test_every_variable_is_described():
+    for tf in [*MODULE.glob("*.tf"), *EXAMPLE.glob("*.tf")]:
+        text = tf.read_text()
+        for match in re.finditer(r'^variable "([^"]+)" {\n(.*?)^}', text, re.S | re.M):
+            assert re.search(r'^\s+description\s*=\s*".{10,}', match.group(2), re.M), (
+                f"{tf.name}: variable {match.group(1)} has no description"
+            )
+        for match in re.finditer(r'^output "([^"]+)" {\n(.*?)^}', text, re.S | re.M):
+            assert "description" in match.group(2), f"{tf.name}: output {match.group(1)} has no description"
+
+
+def test_data_volume_is_protected():
+    text = (MODULE / "storage.tf").read_text()
+    block = re.search(r'resource "aws_ebs_volume" "data" {(.*?)^}', text, re.S | re.M).group(1)
+    assert re.search(r"prevent_destroy\s*=\s*true", block), "the data volume must be protected from destroy"
+    assert re.search(r"encrypted\s*=\s*true", block)
+
+
+# --------------------------------------------------------------------------
+# checkov
+
+
+def _checkov_results() -> dict:
+    if not os.access(CHECKOV, os.X_OK):
+        pytest.fail(f"checkov is missing at {CHECKOV} (scripts/install-test-deps.sh creates that venv)")
+    res = _run(
+        [str(CHECKOV), "-d", str(TF_ROOT), "--framework", "terraform", "--skip-download", "-o", "json"],
+        REPO,
+        timeout=600,
+    )
+    try:
+        report = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"checkov produced no JSON report (exit {res.returncode}):\n{res.stdout}\n{res.stderr}")
+    if isinstance(report, list):
+        (report,) = [r for r in report if r.get("check_type") == "terraform"]
+    return report
+
+
+@pytest.fixture(scope="module")
+def checkov_report() -> dict:
+    return _checkov_results()
+
+
+def test_checkov_no_failed_check(checkov_report):
+    results = checkov_report.get("results", {})
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range']}): {c['check_name']}"
+        for c in results.get("failed_checks", [])
+    ]
+    assert not failed, "checkov failures (fix, or skip inline with a reason):\n" + "\n".join(failed)
+    # An empty scan would pass trivially.
+    assert len(results.get("passed_checks", [])) >= 40, "checkov scanned (almost) nothing"
+
+
+def test_checkov_skips_are_justified(checkov_report):
+    skipped = checkov_report.get("results", {}).get("skipped_checks", [])
+    for check in skipped:
+        reason = (check.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason.strip()) >= 30, f"{check['check_id']} on {check['resource']} is skipped without a real reason"
+
+
+# --------------------------------------------------------------------------
+# bootstrap script (embedded in the cloud-init user data)
+
+
+def test_bootstrap_shellcheck():
+    shellcheck = _tool("shellcheck")
+    res = _run([shellcheck, "--severity=style", str(BOOTSTRAP)], REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+FAKE_AWS = r"""#!/bin/bash
+# Fake AWS CLI: an SSM parameter store in $FAKE_SSM_DIR; records argv.
+printf '%s\n' "$*" >>"$FAKE_SSM_DIR/argv.log"
+op="$1 $2"; shift 2
+name="" value=""
+while (($#)); do
+  case $1 in
+    --name) name=$2; shift 2 ;;
+    --value) value=$2; shift 2 ;;
+    *) shift ;;
+  esac
+done
+key=$FAKE_SSM_DIR/param${name//\//_}
+case $op in
+  "ssm get-parameter")
+    if [[ -f $FAKE_SSM_DIR/broken ]]; then echo "An error occurred (ThrottlingException)" >&2; exit 254; fi
+    if [[ -f $key ]]; then cat "$key"; echo; exit 0; fi
+    echo "An error occurred (ParameterNotFound) when calling the GetParameter operation: " >&2
+    exit 254 ;;
+  "ssm put-parameter")
+    if [[ -f $key ]]; then echo "An error occurred (ParameterAlreadyExists)" >&2; exit 254; fi
+    if [[ $value == file://* ]]; then cat "${value#file://}" >"$key"; else printf '%s' "$value" >"$key"; fi ;;
+  *) echo "unexpected: $op" >&2; exit 2 ;;
+esac
+"""
+
+
+def _write_exe(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """Fake PATH tools + an SSM store + a checkout directory."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    store = tmp_path / "ssm"
+    store.mkdir()
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    _write_exe(bindir / "aws", FAKE_AWS)
+    # blkid -p answers with $FAKE_BLKID_RC; mkfs.ext4 only records its call.
+    _write_exe(bindir / "blkid", '#!/bin/bash\nexit "${FAKE_BLKID_RC:-0}"\n')
+    _write_exe(bindir / "mkfs.ext4", '#!/bin/bash\nprintf "%s\\n" "$*" >>"$FAKE_SSM_DIR/mkfs.log"\n')
+    stack_env = tmp_path / "stack.env"
+    stack_env.write_text(
+        "ACME_EMAIL='ops@example.com'\nBACKUP_S3_BUCKET='b'\nBACKUP_S3_REGION='eu-west-1'\n"
+        "DOMAIN='tally.example.com'\nUSER_NAME='Example Ops'\nUSER_URL='#'\n"
+    )
+    env = {
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "FAKE_SSM_DIR": str(store),
+        "TALLY_CHECKOUT": str(checkout),
+        "TALLY_STACK_ENV": str(stack_env),
+        "TALLY_AWS_REGION": "eu-west-1",
+        "TALLY_SSM_PREFIX": "/tally",
+        "TALLY_SECRET_NAMES": "postgres_password secret_key grafana_admin_password",
+        "TALLY_BACKUP_AGE_RECIPIENT": "",
+    }
+    return {"env": env, "store": store, "checkout": checkout, "tmp": tmp_path}
+
+
+def _bootstrap(sandbox, snippet: str, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**sandbox["env"], **extra_env}
+    return subprocess.run(
+        ["bash", "-c", f'source "$1"; {snippet}', "bash", str(BOOTSTRAP)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bootstrap_generates_missing_secrets_into_ssm(sandbox):
+    res = _bootstrap(sandbox, "write_secrets")
+    assert res.returncode == 0, res.stderr
+    store, secrets = sandbox["store"], sandbox["checkout"] / "secrets"
+    argv_log = (store / "argv.log").read_text()
+    for name in ("postgres_password", "secret_key", "grafana_admin_password"):
+        stored = (store / f"param_tally_{name}").read_text()
+        assert re.fullmatch(r"[0-9a-f]{64}", stored), f"{name}: {stored!r}"
+        assert (secrets / name).read_text() == stored, f"{name} file differs from SSM"
+        # The value travels in a file, never on a command line.
+        assert stored not in argv_log
+    assert "--type SecureString" in argv_log
+    assert "--overwrite" not in argv_log
+    assert len({(secrets / n).read_text() for n in ("postgres_password", "secret_key", "grafana_admin_password")}) == 3
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert not (secrets / "backup_age_recipient").exists()
+    assert not (secrets / "aws_credentials").exists()
+
+
+def test_bootstrap_reuses_existing_secrets(sandbox):
+    store = sandbox["store"]
+    (store / "param_tally_postgres_password").write_text("existing-db-password")
+    (store / "param_tally_secret_key").write_text("k" * 64)
+    (store / "param_tally_grafana_admin_password").write_text("grafana-pass")
+    age = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    res = _bootstrap(sandbox, "write_secrets", TALLY_BACKUP_AGE_RECIPIENT=age)
+    assert res.returncode == 0, res.stderr
+    secrets = sandbox["checkout"] / "secrets"
+    # A replaced instance must keep the password the database was created with.
+    assert (secrets / "postgres_password").read_text() == "existing-db-password"
+    assert (secrets / "grafana_admin_password").read_text() == "grafana-pass"
+    assert (secrets / "backup_age_recipient").read_text().strip() == age
+    # The offsite overlay mounts aws_credentials; it must hold no key so the
+    # sidecar's AWS CLI uses the instance role.
+    creds = (secrets / "aws_credentials").read_text()
+    assert "aws_access_key_id" not in creds and "[" not in creds
+    assert "put-parameter" not in (store / "argv.log").read_text()
+
+
+def test_bootstrap_stops_when_ssm_is_broken(sandbox):
+    (sandbox["store"] / "broken").touch()
+    # No retry window, so the test does not wait out the 300 s default.
+    res = _bootstrap(sandbox, "write_secrets", TALLY_SSM_RETRY_SECONDS="0")
+    assert res.returncode != 0
+    assert "cannot read SSM parameter /tally/postgres_password" in res.stderr
+    assert not (sandbox["checkout"] / "secrets" / "postgres_password").exists()
+    assert "put-parameter" not in (sandbox["store"] / "argv.log").read_text()
+
+
+def test_bootstrap_dotenv_merges_example_and_managed_values(sandbox):
+    checkout = sandbox["checkout"]
+    (checkout / ".env.example").write_text(
+        "# Tally\nDOMAIN=\nexport ACME_EMAIL=you@example.com\nAPP_REPLICAS=2\nUSER_NAMES=keep-me\n"
+    )
+    res = _bootstrap(sandbox, "write_dotenv")
+    assert res.returncode == 0, res.stderr
+    dotenv = (checkout / ".env").read_text()
+    keys = [line.split("=", 1)[0] for line in dotenv.splitlines() if "=" in line and not line.startswith("#")]
+    assert keys.count("DOMAIN") == 1 and "DOMAIN='tally.example.com'" in dotenv
+    assert "ACME_EMAIL='ops@example.com'" in dotenv and "you@example.com" not in dotenv
+    assert "APP_REPLICAS=2" in dotenv, "defaults from .env.example must be kept"
+    assert "USER_NAMES=keep-me" in dotenv, "only exact managed keys may be dropped"
+    assert stat.S_IMODE((checkout / ".env").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("blkid_rc", "formats", "succeeds"),
+    [(2, True, True), (0, False, True), (4, False, False)],
+    ids=["blank-volume-formatted", "existing-filesystem-kept", "unreadable-volume-refused"],
+)
+def test_bootstrap_formats_only_blank_volumes(sandbox, blkid_rc, formats, succeeds):
+    res = _bootstrap(sandbox, "ensure_filesystem /dev/fake-data", FAKE_BLKID_RC=str(blkid_rc))
+    assert (res.returncode == 0) == succeeds, res.stderr
+    mkfs_log = sandbox["store"] / "mkfs.log"
+    assert mkfs_log.exists() == formats, res.stderr
+    if formats:
+        assert "/dev/fake-data" in mkfs_log.read_text()
+
+
+# --------------------------------------------------------------------------
+# documentation
+
+
+def test_deploy_doc_covers_the_operator_path():
+    text = DOC.read_text()
+    for needle in (
+        "terraform init",
+        "terraform plan",
+        "terraform apply",
+        "terraform destroy",
+        "instance_type",
+        "```mermaid",
+        "offline.tfrc",
+        "use_lockfile",
+        "prevent_destroy",
+    ):
+        assert needle in text, f"docs/deploy-aws.md does not mention {needle!r}"
+    assert re.search(r"(?i)cost", text)
+    outputs = re.findall(r'^output "([^"]+)"', (EXAMPLE / "outputs.tf").read_text(), re.M)
+    missing = [o for o in outputs if f"`{o}`" not in text]
+    assert not missing, f"outputs not documented in docs/deploy-aws.md: {missing}"
+
+
+def test_tfvars_example_sets_every_required_variable():
+    text = (EXAMPLE / "variables.tf").read_text()
+    required = [
+        m.group(1)
+        for m in re.finditer(r'^variable "([^"]+)" {\n(.*?)^}', text, re.S | re.M)
+        if "default" not in m.group(2)
+    ]
+    example = (EXAMPLE / "terraform.tfvars.example").read_text()
+    assert required, "expected required variables (repo_url, repo_ref)"
+    for name in required:
+        assert re.search(rf"^{name}\s*=", example, re.M), f"terraform.tfvars.example does not set {name}"
