@@ -57,11 +57,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     GIT_COMMIT=${GIT_COMMIT}
 
 # A fixed uid/gid so volume and secret file permissions can be reasoned about outside the image.
+# /srv/secrets-volume is where the secrets-init job mounts the `secrets` volume: Docker gives a new, empty
+# named volume the owner and mode of the image directory it is mounted over, so the job (this uid, no
+# capabilities) can write the secret files, and nobody else can list them.
 RUN groupadd --system --gid 10001 tally \
     && useradd --system --no-log-init --uid 10001 --gid tally --home-dir /nonexistent --no-create-home \
-       --shell /usr/sbin/nologin tally
+       --shell /usr/sbin/nologin tally \
+    && install -d -o 10001 -g 10001 -m 0700 /srv/secrets-volume
 
 COPY --from=builder /opt/venv /opt/venv
+# The secrets-init job's logic (compose/app.yaml); root-owned like the code, standard library only.
+COPY scripts/secrets_init.py /opt/tally/secrets_init.py
 
 WORKDIR /srv/tally
 # Code stays root-owned: the app user can read it but never modify it, even without read_only.

@@ -8,6 +8,7 @@ program the end-to-end tests use as their webhook, so what is tested is what shi
 
     python3 webhook_logger.py [--listen 0.0.0.0:9095]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="0.0.0.0:9095", help="host:port (default %(default)s)")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    # Inside its container it must listen on the network; tests pass --listen 127.0.0.1:<port>.
+    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)  # noqa: S104
     # As PID 1 in a container SIGTERM is ignored unless handled; exit cleanly on `docker stop`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(json.dumps({"ts": time.time(), "msg": "listening", "listen": args.listen}), flush=True)

@@ -299,10 +299,13 @@ def db_restart(workdir: Path, profile: Profile) -> DrillResult:
 # ---------------------------------------------------------------------------------------- connection exhaustion
 
 
-def conn_exhaustion(workdir: Path, profile: Profile) -> DrillResult:
-    """More replicas x workers x pool than PostgreSQL's max_connections, under a burst of load."""
-    result = DrillResult("conn-exhaustion", "native", profile.name)
-    with NativeStack.running(workdir, replicas=2, max_connections=EXHAUSTION_MAX_CONNECTIONS) as stack:
+def conn_exhaustion(workdir: Path, profile: Profile, pool_env: dict[str, str] | None = None) -> DrillResult:
+    """More replicas x workers x pool than PostgreSQL's max_connections, under a burst of load.
+
+    ``pool_env`` overrides the pool settings (DB_POOL_SIZE, DB_MAX_OVERFLOW); default: production's."""
+    name = "conn-exhaustion" + ("" if not pool_env else " (" + ", ".join(f"{k}={v}" for k, v in pool_env.items()) + ")")
+    result = DrillResult(name, "native", profile.name)
+    with NativeStack.running(workdir, replicas=2, max_connections=EXHAUSTION_MAX_CONNECTIONS, env=pool_env) as stack:
         env = stack.envs[0]
         workers = int(env.get("WEB_CONCURRENCY", "2"))
         demand = (

@@ -84,7 +84,7 @@ class NewVisitor(TallyUser):
     @task
     def visit(self) -> None:
         with self.client.get(
-            "/", headers={"X-Forwarded-For": "203.0.113.9"}, name="/ (new)", catch_response=True
+            "/", headers={"X-Forwarded-For": random_public_ipv4()}, name="/ (new)", catch_response=True
         ) as response:
             _expect_page(response)
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Generates the secret files the compose stack reads (secrets/<name>, mounted at /run/secrets/<name>).
+# Optional: writes the stack's secret files as secrets/<name> for operators who want to choose or keep
+# their own values (and for Terraform-style provisioning). `docker compose up -d` does NOT need it: the
+# secrets-init service generates whatever is missing into the `secrets` volume. When a file exists here,
+# secrets-init validates it and copies it into the volume on every `up` (editing it rotates the secret).
 #
 #   ./scripts/init-secrets.sh          create whatever is missing; never overwrites an existing file
 #
 # Values are random alphanumerics (no quoting or URL-escaping surprises), written without a trailing
-# newline. The directory is private to you (0700); the files are 0644 because compose bind-mounts each
-# file as-is and the services read them as their own non-root users (uid 10001, postgres, grafana...).
-# Prints what it created, never a value. To rotate a secret, see secrets/README.md (the Postgres password
-# must also be changed inside the database).
+# newline; lengths match what secrets-init generates (scripts/secrets_init.py). secrets-init runs as uid
+# 10001 and opens each file by name: the directory is 0711 (others may not list it, the job may enter it)
+# and the files 0644. Prints what it created, never a value. Rotation: secrets/README.md.
 # Env: TALLY_SECRETS_DIR  target directory (default: <repo>/secrets)
 set -euo pipefail
 
@@ -31,7 +33,7 @@ random_alnum() {
 }
 
 mkdir -p "$dir"
-chmod 0700 "$dir"
+chmod 0711 "$dir"
 
 created=0
 for entry in "${SECRETS[@]}"; do
@@ -52,5 +54,5 @@ for entry in "${SECRETS[@]}"; do
     created=$((created + 1))
 done
 
-echo "init-secrets: $created created in $dir"
+echo "init-secrets: $created created in $dir; docker compose up -d installs them (secrets-init)"
 echo "Grafana login: user 'admin', password: cat $dir/grafana_admin_password"

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   prometheus-blackbox-exporter
   shellcheck chromium fonts-dejavu-core
   podman runc debootstrap uidmap
-  haproxy wrk age rsync jq curl iproute2
+  haproxy wrk age socat rsync jq curl iproute2 git
 )
 
 missing=()

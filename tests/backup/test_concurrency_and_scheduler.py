@@ -142,3 +142,23 @@ def test_scheduler_catches_up_runs_the_drill_beats_and_stops_on_sigterm(sidecar:
     os.utime(heartbeat, (old, old))
     stale = sidecar.run("backup-healthcheck")
     assert stale.returncode == 1 and "heartbeat" in stale.stdout
+
+
+def test_manifest_describes_the_dump_even_while_visits_keep_coming(sidecar: Sidecar, tmp_path: Path) -> None:
+    """Totals and dump share one snapshot: rows written between the manifest query and pg_dump's
+    start are in neither, so verify still matches."""
+    sidecar.seed(100)
+    wrapper, started, gate = blocking_pg_dump(tmp_path, str(sidecar.server.bin_dir / "pg_dump"))
+    backup = sidecar.popen("backup", PG_DUMP=str(wrapper))
+    try:
+        wait_until(started.exists, timeout=30, message="backup inside pg_dump")
+        sidecar.seed(25, offset=100)  # the app keeps counting after the totals were taken
+        with gate.open("w") as release:
+            release.write("go\n")
+        out, err = backup.communicate(timeout=60)
+    finally:
+        stop_process(backup)  # type: ignore[arg-type]
+    assert backup.returncode == 0, out + err
+    assert "visitors=100 " in summary(subprocess.CompletedProcess([], 0, out, err), "backup")
+    verified = sidecar.run("verify", "latest")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

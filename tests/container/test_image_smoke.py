@@ -64,7 +64,7 @@ SLIRP = "slirp4netns:allow_host_loopback=true,port_handler=slirp4netns"
 # key in compose cannot be silently left out of the smoke run.
 REPRODUCED = {
     "image", "user", "read_only", "tmpfs", "cap_drop", "cap_add", "security_opt", "environment",
-    "secrets", "command", "entrypoint", "working_dir", "init", "ulimits", "pids_limit", "mem_limit",
+    "command", "entrypoint", "working_dir", "init", "ulimits", "pids_limit", "mem_limit",
     "cpus", "shm_size", "deploy", "stop_grace_period", "stop_signal", "healthcheck", "volumes",
     "network_mode",
 }  # fmt: skip
@@ -81,6 +81,7 @@ ENGINE_ONLY = {
 class Podman:
     env: dict[str, str]
     created: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -127,6 +128,8 @@ def podman() -> Iterator[Podman]:
     yield p
     for name in p.created:
         p.remove(name)
+    for name in p.volumes:
+        p.run("volume", "rm", "--force", name, check=False)
     after = p.snapshot()
     leftovers = {kind: sorted(after[kind] - before[kind]) for kind in before if after[kind] - before[kind]}
     assert not leftovers, f"the smoke test left behind: {leftovers}"
@@ -218,79 +221,150 @@ class Service:
     run_args: list[str]
     command: list[str]
     networked: bool
+    # Container path -> host path of every file or directory mounted from the host or a volume.
+    mounts: dict[str, Path]
 
     @property
     def grace(self) -> float:
         return duration(self.spec.get("stop_grace_period"), DEFAULT_GRACE)
 
+    def host_path(self, container_path: str) -> Path:
+        for target, source in self.mounts.items():
+            if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+                return source / Path(container_path).relative_to(target)
+        raise AssertionError(f"service {self.name}: nothing is mounted at {container_path}")
 
-def podman_args(name: str, spec: dict[str, Any], model: dict[str, Any], secret_files: dict[str, Path]) -> Service:
-    unknown = set(spec) - REPRODUCED - ENGINE_ONLY
-    assert not unknown, f"service {name}: the smoke test does not reproduce {sorted(unknown)} yet"
-    args: list[str] = []
-    if spec.get("user"):
-        args += ["--user", str(spec["user"])]
-    if spec.get("read_only"):
-        args.append("--read-only")
-    tmpfs = spec.get("tmpfs") or []
-    for mount in [tmpfs] if isinstance(tmpfs, str) else tmpfs:
-        args += ["--tmpfs", mount]
-    for volume in spec.get("volumes") or []:
-        if volume.get("type") == "bind":
-            assert Path(volume["source"]).exists(), f"service {name}: bind source {volume['source']} is missing"
-            mode = "ro" if volume.get("read_only") else "rw"
-            args += ["--volume", f"{volume['source']}:{volume['target']}:{mode}"]
-            continue
-        assert volume.get("type") == "tmpfs", f"service {name}: only bind and tmpfs mounts are reproduced: {volume}"
-        size = (volume.get("tmpfs") or {}).get("size")
-        mode = (volume.get("tmpfs") or {}).get("mode")
-        options = ",".join(part for part in (size and f"size={size}", mode and f"mode={mode:o}") if part)
-        args += ["--tmpfs", f"{volume['target']}:{options}" if options else volume["target"]]
-    for cap in spec.get("cap_drop") or []:
-        args += ["--cap-drop", cap]
-    for cap in spec.get("cap_add") or []:
-        args += ["--cap-add", cap]
-    for option in spec.get("security_opt") or []:
-        # Compose writes "no-new-privileges:true"; podman only knows the bare flag.
-        args += ["--security-opt", "no-new-privileges" if option == "no-new-privileges:true" else option]
-    if spec.get("working_dir"):
-        args += ["--workdir", spec["working_dir"]]
-    if spec.get("init"):
-        args.append("--init")
-    for ulimit, value in (spec.get("ulimits") or {}).items():
-        limit = f"{value['soft']}:{value['hard']}" if isinstance(value, dict) else f"{value}:{value}"
-        args += ["--ulimit", f"{ulimit}={limit}"]
-    limits = ((spec.get("deploy") or {}).get("resources") or {}).get("limits") or {}
-    if limits.get("memory") or spec.get("mem_limit"):
-        args += ["--memory", str(limits.get("memory") or spec["mem_limit"])]
-    if limits.get("cpus") or spec.get("cpus"):
-        args += ["--cpus", str(limits.get("cpus") or spec["cpus"])]
-    if limits.get("pids") or spec.get("pids_limit"):
-        args += ["--pids-limit", str(limits.get("pids") or spec["pids_limit"])]
-    if spec.get("shm_size"):
-        args += ["--shm-size", str(spec["shm_size"])]
-    if spec.get("stop_signal"):
-        args += ["--stop-signal", spec["stop_signal"]]
-    for secret in spec.get("secrets") or []:
-        source = secret["source"]
-        declared = (model.get("secrets") or {}).get(source)
-        assert declared and declared.get("file"), f"service {name}: secret {source} is not a declared file secret"
-        target = secret.get("target") or source
-        target = target if target.startswith("/") else f"/run/secrets/{target}"
-        args += ["--volume", f"{secret_files[source]}:{target}:ro"]
-    network_mode = spec.get("network_mode")
-    assert network_mode in (None, "none"), f"service {name}: network_mode {network_mode} is not reproduced"
-    if spec.get("entrypoint") is not None:
-        entrypoint = spec["entrypoint"]
-        args += ["--entrypoint", json.dumps(entrypoint if isinstance(entrypoint, list) else [entrypoint])]
-    command = spec.get("command") or []
-    return Service(
-        name=name,
-        spec=spec,
-        run_args=args,
-        command=command if isinstance(command, list) else [command],
-        networked=network_mode != "none",
-    )
+
+@dataclass
+class Translator:
+    """Compose service definitions -> ``podman run`` flags, with private volumes and directories."""
+
+    model: dict[str, Any]
+    podman: Podman
+    scratch: Path
+    volumes: dict[str, str] = field(default_factory=dict)
+
+    def volume(self, source: str) -> str:
+        """A fresh podman volume per compose volume: like a first `up`, it starts empty."""
+        if source not in self.volumes:
+            assert source in (self.model.get("volumes") or {}), f"volume {source} is not declared"
+            name = f"tally-smoke-{source}-{uuid.uuid4().hex[:8]}"
+            self.podman.volumes.append(name)
+            self.podman.run("volume", "create", "--label", LABEL, name)
+            self.volumes[source] = name
+        return self.volumes[source]
+
+    def mountpoint(self, source: str) -> Path:
+        inspect = self.podman.run("volume", "inspect", "--format", "{{.Mountpoint}}", self.volume(source))
+        return Path(inspect.stdout.strip())
+
+    def bind_source(self, source: str) -> Path:
+        path = Path(source)
+        secrets_dir = REPO_ROOT / "secrets"
+        if path == secrets_dir or secrets_dir in path.parents:
+            # Never a developer's real secrets: what a fresh clone has there (the committed README).
+            fresh = self.scratch / "clone-secrets"
+            fresh.mkdir(exist_ok=True)
+            for committed in ("README.md",):
+                if (secrets_dir / committed).exists():
+                    shutil.copy(secrets_dir / committed, fresh / committed)
+            return fresh / path.relative_to(secrets_dir)
+        assert path.exists(), f"bind source {source} is missing"
+        return path
+
+    def mount(self, volume: dict[str, Any], args: list[str], mounts: dict[str, Path]) -> None:
+        target, kind = volume["target"], volume.get("type")
+        mode = "ro" if volume.get("read_only") else "rw"
+        if kind == "bind":
+            source = self.bind_source(volume["source"])
+            args += ["--volume", f"{source}:{target}:{mode}"]
+            mounts[target] = source
+        elif kind == "volume":
+            subpath = (volume.get("volume") or {}).get("subpath")
+            if subpath:
+                # podman 4.3 has no volume subpath; Docker bind-mounts the path inside the volume, as here.
+                source = self.mountpoint(volume["source"]) / subpath
+                args += ["--volume", f"{source}:{target}:{mode}"]
+                mounts[target] = source
+            else:
+                args += ["--volume", f"{self.volume(volume['source'])}:{target}:{mode}"]
+                mounts[target] = self.mountpoint(volume["source"])
+        elif kind == "tmpfs":
+            size = (volume.get("tmpfs") or {}).get("size")
+            tmpfs_mode = (volume.get("tmpfs") or {}).get("mode")
+            options = ",".join(p for p in (size and f"size={size}", tmpfs_mode and f"mode={tmpfs_mode:o}") if p)
+            args += ["--tmpfs", f"{target}:{options}" if options else target]
+        else:
+            raise AssertionError(f"mount type {kind} is not reproduced: {volume}")
+
+    def service(self, name: str) -> Service:
+        spec = self.model["services"][name]
+        unknown = set(spec) - REPRODUCED - ENGINE_ONLY
+        assert not unknown, f"service {name}: the smoke test does not reproduce {sorted(unknown)} yet"
+        args: list[str] = []
+        mounts: dict[str, Path] = {}
+        if spec.get("user"):
+            args += ["--user", str(spec["user"])]
+        if spec.get("read_only"):
+            args.append("--read-only")
+        tmpfs = spec.get("tmpfs") or []
+        for mount in [tmpfs] if isinstance(tmpfs, str) else tmpfs:
+            args += ["--tmpfs", mount]
+        for volume in spec.get("volumes") or []:
+            self.mount(volume, args, mounts)
+        for cap in spec.get("cap_drop") or []:
+            args += ["--cap-drop", cap]
+        for cap in spec.get("cap_add") or []:
+            args += ["--cap-add", cap]
+        for option in spec.get("security_opt") or []:
+            # Compose writes "no-new-privileges:true"; podman only knows the bare flag.
+            args += ["--security-opt", "no-new-privileges" if option == "no-new-privileges:true" else option]
+        if spec.get("working_dir"):
+            args += ["--workdir", spec["working_dir"]]
+        if spec.get("init"):
+            args.append("--init")
+        for ulimit, value in (spec.get("ulimits") or {}).items():
+            limit = f"{value['soft']}:{value['hard']}" if isinstance(value, dict) else f"{value}:{value}"
+            args += ["--ulimit", f"{ulimit}={limit}"]
+        limits = ((spec.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+        if limits.get("memory") or spec.get("mem_limit"):
+            args += ["--memory", str(limits.get("memory") or spec["mem_limit"])]
+        if limits.get("cpus") or spec.get("cpus"):
+            args += ["--cpus", str(limits.get("cpus") or spec["cpus"])]
+        if limits.get("pids") or spec.get("pids_limit"):
+            args += ["--pids-limit", str(limits.get("pids") or spec["pids_limit"])]
+        if spec.get("shm_size"):
+            args += ["--shm-size", str(spec["shm_size"])]
+        if spec.get("stop_signal"):
+            args += ["--stop-signal", spec["stop_signal"]]
+        network_mode = spec.get("network_mode")
+        assert network_mode in (None, "none"), f"service {name}: network_mode {network_mode} is not reproduced"
+        if spec.get("entrypoint") is not None:
+            entrypoint = spec["entrypoint"]
+            args += ["--entrypoint", json.dumps(entrypoint if isinstance(entrypoint, list) else [entrypoint])]
+        command = spec.get("command") or []
+        return Service(
+            name=name,
+            spec=spec,
+            run_args=args,
+            command=command if isinstance(command, list) else [command],
+            networked=network_mode != "none",
+            mounts=mounts,
+        )
+
+
+def one_shot_order(model: dict[str, Any], service: str) -> list[str]:
+    """The jobs ``service`` waits for (service_completed_successfully), dependencies first."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for dependency, condition in (model["services"][name].get("depends_on") or {}).items():
+            if condition.get("condition") == "service_completed_successfully" and dependency not in order:
+                visit(dependency)
+                order.append(dependency)
+
+    visit(service)
+    return order
 
 
 # --------------------------------------------------------------------------------------- database
@@ -303,8 +377,24 @@ class Stack:
     podman: Podman
     image: str
     services: dict[str, Service]
+    jobs: list[str]
     pg: PostgresServer
     database: str
+
+    def create_database(self) -> None:
+        """The role compose's DATABASE_URL names, with the password the secret file now holds."""
+        migrate = self.services["migrate"]
+        environment = migrate.spec.get("environment") or {}
+        user = urlsplit(environment["DATABASE_URL"]).username or "tally"
+        password_file = environment.get("DATABASE_PASSWORD_FILE")
+        assert password_file, "compose gives migrate no DATABASE_PASSWORD_FILE"
+        password = migrate.host_path(password_file).read_text().strip()
+        assert re.fullmatch(r"[A-Za-z0-9_-]{16,}", password), "the generated database password looks wrong"
+        # user comes from compose and password is checked above: nothing to escape.
+        if not self.pg.execute(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):  # noqa: S608
+            self.pg.execute(f'CREATE ROLE "{user}" LOGIN')
+        self.pg.execute(f"ALTER ROLE \"{user}\" PASSWORD '{password}'")
+        self.pg.execute(f'CREATE DATABASE "{self.database}" OWNER "{user}"')
 
     def container_args(
         self, service: Service, name: str, ports: tuple[int, int] | None = None, *, host_network: bool = False
@@ -393,47 +483,28 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     services = compose_model["services"]
-    wanted = ("secrets-check", "migrate", "app")
-    assert set(wanted) <= set(services), sorted(services)
-    for name in wanted:
+    jobs = one_shot_order(compose_model, "app")
+    assert "migrate" in jobs, f"app does not wait for migrate: {jobs}"
+    for name in [*jobs, "app"]:
         assert services[name].get("image") == services["app"].get("image"), f"{name} must run the app's image"
-
-    # The operator's generator, so the files have the owner and mode an operator's have (compose
-    # bind-mounts them as they are and the app reads them as uid 10001).
-    secrets_dir = tmp_path_factory.mktemp("secrets") / "secrets"
-    subprocess.run(
-        [str(REPO_ROOT / "scripts" / "init-secrets.sh")],
-        env=os.environ | {"TALLY_SECRETS_DIR": str(secrets_dir)},
-        check=True,
-        capture_output=True,
-    )
-    secret_files = {name: secrets_dir / name for name in compose_model.get("secrets") or {}}
-    missing = [name for name, path in secret_files.items() if not path.is_file()]
-    assert not missing, f"scripts/init-secrets.sh does not create the compose secrets {missing}"
-    # Compose reaches the directory as its owner; the container user only needs the files.
-    secrets_dir.chmod(0o755)
-
-    user = urlsplit(services["app"]["environment"]["DATABASE_URL"]).username or "tally"
-    password = (secrets_dir / "postgres_password").read_text().strip()
+    translator = Translator(model=compose_model, podman=podman, scratch=tmp_path_factory.mktemp("compose-smoke"))
+    translated = {name: translator.service(name) for name in [*jobs, "app"]}
     database = f"smoke_{uuid.uuid4().hex[:10]}"
-    # user comes from compose, password from init-secrets.sh (alphanumeric): nothing to escape.
-    if not pg_server.execute(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"):  # noqa: S608
-        pg_server.execute(f'CREATE ROLE "{user}" LOGIN')
-    pg_server.execute(f"ALTER ROLE \"{user}\" PASSWORD '{password}'")
-    pg_server.execute(f'CREATE DATABASE "{database}" OWNER "{user}"')
-    translated = {name: podman_args(name, services[name], compose_model, secret_files) for name in wanted}
+    stack = Stack(podman=podman, image=image, services=translated, jobs=jobs, pg=pg_server, database=database)
     try:
-        yield Stack(podman=podman, image=image, services=translated, pg=pg_server, database=database)
+        yield stack
     finally:
         pg_server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
 def migrated(stack: Stack) -> Stack:
-    """compose's order: secrets-check and migrate must exit 0 before the app starts."""
-    for service in ("secrets-check", "migrate"):
-        result = stack.run_once(service)
-        assert result.returncode == 0, f"{service} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    """Compose's order: every job the app waits for must exit 0 before it starts."""
+    for job in stack.jobs:
+        if job == "migrate":
+            stack.create_database()
+        result = stack.run_once(job)
+        assert result.returncode == 0, f"{job} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     tables = {row[0] for row in stack.pg.execute("SELECT tablename FROM pg_tables", stack.database)}
     assert {"alembic_version", "visitors", "total_shards", "daily_shards"} <= tables, tables
     return stack
@@ -535,6 +606,18 @@ def test_runs_as_the_intended_unprivileged_user(app: App, image_config: dict[str
     pid1 = next(line for line in top if line.split()[1] == "1").split(maxsplit=2)[2]
     assert "gunicorn" in pid1 or (app.stack.services["app"].spec.get("init") and "init" in pid1), pid1
     assert not re.search(r"\bsh -c\b|flask run|--reload", pid1), pid1
+
+
+def test_app_log_has_no_errors(app: App) -> None:
+    # Under a read-only root, anything that writes outside the tmpfs shows up here first.
+    requests.get(app.url + "/", timeout=5)
+    logs = app.logs()
+    errors = [
+        line
+        for line in logs.splitlines()
+        if re.search(r"\[(ERROR|CRITICAL)\]|Traceback|\"level\": \"(ERROR|CRITICAL)\"", line)
+    ]
+    assert not errors, "\n".join(errors)
 
 
 def test_root_filesystem_is_read_only(app: App) -> None:
@@ -653,4 +736,4 @@ def test_sigterm_drains_in_flight_requests_within_the_grace_period(migrated: Sta
         f"\nstop took {elapsed:.2f}s (grace {grace}s); {len(in_flight)} requests in flight at the stop, "
         f"{len(outcomes)} in total, {len(failed_after)} unanswered after the stop began"
     )
-    assert "Traceback" not in logs and "[ERROR]" not in logs, logs[-4000:]
+    assert "Traceback" not in logs, logs[-4000:]

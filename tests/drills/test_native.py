@@ -37,11 +37,6 @@ def replica_loss_result(tmp_path_factory: pytest.TempPathFactory) -> DrillResult
 
 
 @pytest.fixture(scope="module")
-def conn_result(tmp_path_factory: pytest.TempPathFactory) -> DrillResult:
-    return run(conn_exhaustion, tmp_path_factory, "conn-exhaustion")  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
 def bad_input_result(tmp_path_factory: pytest.TempPathFactory) -> DrillResult:
     return run(bad_input, tmp_path_factory, "bad-input")  # type: ignore[arg-type]
 
@@ -66,19 +61,25 @@ def test_database_restart_answers_503_then_recovers(tmp_path_factory: pytest.Tem
     assert result.figures["visits_while_down"] == result.figures["visits_503_while_down"] > 0
 
 
-def test_connection_exhaustion_degrades_to_503_without_a_crash_loop(conn_result: DrillResult) -> None:
-    assert conn_result.violations_except("recovery") == [], conn_result.text()
-    assert conn_result.figures["too_many_clients_errors"] > 0
-    assert conn_result.figures["worker_boots_during_drill"] == 0
+def test_connection_exhaustion_degrades_to_503_without_a_crash_loop(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Production pool settings: the burst must give 503s and a clear log line, never a dead or
+    # rebooting worker. Full recovery is NOT asserted here: idle pools keep the slots they grabbed
+    # (docs/reliability.md, finding 2); the drill reports how many requests still fail.
+    result = run(conn_exhaustion, tmp_path_factory, "conn-exhaustion")  # type: ignore[arg-type]
+    assert result.violations_except("recovery") == [], result.text()
+    assert result.figures["too_many_clients_errors"] > 0
+    assert result.figures["worker_boots_during_drill"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app defect (docs/reliability.md, finding 2): idle pools keep every connection the server "
-    "has, so workers left without one answer 503 after the load is gone",
-)
-def test_connection_exhaustion_recovers_when_the_load_drops(conn_result: DrillResult) -> None:
-    assert not conn_result.violated("recovery"), conn_result.text()
+def test_connection_exhaustion_recovers_when_idle_pools_fit(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # One idle connection per worker (overflow closes on return): after the burst the idle pools
+    # fit in max_connections, so every worker must serve again.
+    result = conn_exhaustion(
+        tmp_path_factory.mktemp("conn-exhaustion-small-pool"), SHORT, {"DB_POOL_SIZE": "1", "DB_MAX_OVERFLOW": "3"}
+    )
+    print(result.text())
+    assert result.passed, result.text()
+    assert result.figures["too_many_clients_errors"] > 0
 
 
 def test_bad_input_never_errors_and_forges_no_visitor(bad_input_result: DrillResult) -> None:

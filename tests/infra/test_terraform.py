@@ -112,6 +112,7 @@ def test_offline_cli_config_points_at_the_mirror():
     assert re.search(r'direct\s*{[^}]*exclude\s*=\s*\["registry.terraform.io/\*/\*"\]', text), text
 
 
+@pytest.mark.slow
 def test_validate_example(terraform, tf_env, example_dir):
     # The module alone cannot be validated: it expects its caller to pass the
     # aws.us_east_1 provider. The example root is the caller.
@@ -124,11 +125,9 @@ def test_validate_example(terraform, tf_env, example_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("test_file", MODULE_TEST_FILES)
 def test_module_terraform_test(terraform, tf_env, module_dir, test_file):
-    res = _run(
-        [terraform, "test", "-no-color", f"-filter=tests/{test_file}"],
-        module_dir,
-        tf_env,
-    )
+    # One file per invocation so a failure names its concern; each run block
+    # costs a provider start (~1 s), which is why related checks share runs.
+    res = _run([terraform, "test", "-no-color", f"-filter=tests/{test_file}"], module_dir, tf_env)
     assert res.returncode == 0, f"terraform test {test_file} failed:\n{_tail(res.stdout + res.stderr)}"
     assert re.search(r"Success! [1-9][0-9]* passed, 0 failed", res.stdout), _tail(res.stdout)
 
@@ -144,6 +143,7 @@ def test_module_has_the_expected_test_files():
     }
 
 
+@pytest.mark.slow
 def test_example_terraform_test(terraform, tf_env, example_dir):
     res = _run([terraform, "test", "-no-color"], example_dir, tf_env)
     assert res.returncode == 0, f"terraform test (example) failed:\n{_tail(res.stdout + res.stderr)}"
@@ -194,6 +194,7 @@ def checkov_report() -> dict:
     return _checkov_results()
 
 
+@pytest.mark.slow
 def test_checkov_no_failed_check(checkov_report):
     results = checkov_report.get("results", {})
     failed = [
@@ -205,6 +206,7 @@ def test_checkov_no_failed_check(checkov_report):
     assert len(results.get("passed_checks", [])) >= 40, "checkov scanned (almost) nothing"
 
 
+@pytest.mark.slow
 def test_checkov_skips_are_justified(checkov_report):
     skipped = checkov_report.get("results", {}).get("skipped_checks", [])
     for check in skipped:

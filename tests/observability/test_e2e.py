@@ -162,7 +162,9 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         migrated = migrate(database_url, workdir)
         assert migrated.returncode == 0, migrated.stdout + migrated.stderr
         envs = [
-            base_env(database_url, workdir, PROMETHEUS_MULTIPROC_DIR=str(workdir / f"multiproc-{i}"), WEB_CONCURRENCY="2")
+            base_env(
+                database_url, workdir, PROMETHEUS_MULTIPROC_DIR=str(workdir / f"multiproc-{i}"), WEB_CONCURRENCY="2"
+            )
             for i in range(2)
         ]
         # Started together and then awaited: gunicorn boots take seconds each.
@@ -171,7 +173,10 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
             wait_until(lambda r=replica: r.process.poll() is not None or r.healthy(), 30, message="gunicorn /healthz")
             assert replica.process.poll() is None, replica.log()
         # Restarts must come back on the same ports: Prometheus' targets are fixed.
-        envs = [env | {"PORT": str(g.port), "METRICS_PORT": str(g.metrics_port)} for env, g in zip(envs, replicas)]
+        envs = [
+            env | {"PORT": str(g.port), "METRICS_PORT": str(g.metrics_port)}
+            for env, g in zip(envs, replicas, strict=True)
+        ]
         stack.exporters["postgres"] = start_postgres_exporter(
             workdir, f"postgresql://postgres@127.0.0.1:{pg.port}/tally?sslmode=disable"
         )
@@ -192,6 +197,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
             for_overrides=FOR_OVERRIDES,
         )
         prometheus = stack.prometheus
+        assert prometheus is not None
         try:
             wait_for(lambda: prometheus.samples("count(up == 1) == 7"), 15, "a first scrape of every target")
         except AssertionError:
@@ -259,7 +265,7 @@ def test_prometheus_evaluates_every_rule_without_error(e2e: E2E) -> None:
 
 
 def test_targets_are_up_per_job(e2e: E2E) -> None:
-    up = {}
+    up: dict[str, list[str]] = {}
     for target in e2e.prometheus.targets():
         up.setdefault(target["labels"]["job"], []).append(target["health"])
     assert up == {
@@ -304,7 +310,13 @@ def test_losing_a_replica_fires_the_alert_and_restart_resolves_it(e2e: E2E) -> N
     # Let the replica count settle first: right after start-up Prometheus may evaluate the rule
     # before both replicas were scraped, and with a 3s `for:` that blip can fire and resolve.
     wait_for(lambda: e2e.prometheus.samples("tally:app_replicas_up:sum == 2"), 15, "two replicas up")
-    wait_for(lambda: not e2e.prometheus.firing() or {a["labels"]["alertname"] for a in e2e.prometheus.firing()} == {"Watchdog"}, 15, "only Watchdog firing")
+    wait_for(
+        lambda: (
+            not e2e.prometheus.firing() or {a["labels"]["alertname"] for a in e2e.prometheus.firing()} == {"Watchdog"}
+        ),
+        15,
+        "only Watchdog firing",
+    )
     started, since = time.monotonic(), time.time()
     e2e.replicas[1].stop()
     _, fired_after = wait_for(

@@ -28,7 +28,17 @@ RUNBOOK_BASE = "https://github.com/tally/tally/blob/main/docs/runbooks/"
 RUNBOOKS = REPO_ROOT / "docs" / "runbooks"
 SEVERITIES = {"critical", "warning", "info"}
 # Job names are a contract with the compose files and the dashboards.
-JOBS = {"tally-app", "traefik", "postgres", "node", "cadvisor", "blackbox-https", "alertmanager", "prometheus", "backup"}
+JOBS = {
+    "tally-app",
+    "traefik",
+    "postgres",
+    "node",
+    "cadvisor",
+    "blackbox-https",
+    "alertmanager",
+    "prometheus",
+    "backup",
+}
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
 

@@ -236,5 +236,17 @@ def image_env(stage: Stage) -> dict[str, str]:
     return env
 
 
+@functools.cache
+def secrets_init_module() -> Any:
+    """scripts/secrets_init.py (the secrets-init job) as a module: its SPECS are the stack's secret list."""
+    spec = importlib.util.spec_from_file_location("secrets_init", REPO / "scripts" / "secrets_init.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses resolves the module's annotations through sys.modules while the class is created.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def which(name: str) -> str | None:
     return shutil.which(name)

@@ -18,6 +18,7 @@ from .stackutil import (
     load_yaml,
     render,
     resolvable_from,
+    secrets_init_module,
     seconds,
     service_networks,
 )
@@ -26,7 +27,7 @@ from .stackutil import (
 # `service_completed_successfully` dependants) and no healthcheck (nothing long-running to probe).
 ONESHOTS = {
     "migrate": "database migrations, once per up/deploy",
-    "secrets-check": "refuses placeholder secrets before anything reads them",
+    "secrets-init": "fills the secrets volume (import, keep or generate) before anything reads it",
     "acme-init": "hands the ACME volume to Traefik's non-root user",
 }
 # Services that run as uid 0 (still with every capability dropped but the ones below), and why.
@@ -150,19 +151,74 @@ def test_app_waits_for_migrations_and_database(services: dict[str, Any]) -> None
     assert services["migrate"]["image"] == services["app"]["image"]
 
 
-def test_every_secret_reader_waits_for_the_secrets_gate(services: dict[str, Any]) -> None:
+def _secret_file_mounts(svc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in svc.get("volumes") or [] if v.get("type") == "volume" and v.get("source") == "secrets"]
+
+
+def test_every_secret_reader_waits_for_secrets_init(services: dict[str, Any]) -> None:
+    readers = {name for name, svc in services.items() if _secret_file_mounts(svc) or svc.get("secrets")}
+    readers.discard("secrets-init")
+    assert {"app", "migrate", "postgres", "backup", "grafana", "postgres-exporter"} <= readers
+    for name in readers:
+        dep = (services[name].get("depends_on") or {}).get("secrets-init")
+        assert dep, f"{name} reads secrets but does not wait for secrets-init"
+        assert dep["condition"] == "service_completed_successfully", name
+
+
+def test_a_fresh_clone_needs_no_secret_file(model: dict[str, Any]) -> None:
+    # A compose file-secret whose file is missing stops `docker compose up` before anything starts: the
+    # base stack must have none, so that `docker compose up -d` works on a fresh clone.
+    assert not model.get("secrets"), f"file secrets need ./secrets files first: {sorted(model['secrets'])}"
+    assert (REPO / "secrets" / "README.md").is_file(), "secrets/ must exist in a clone (secrets-init mounts it)"
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "secrets/*" in ignored and "!secrets/README.md" in ignored
+
+
+def test_only_secrets_init_mounts_the_whole_secrets_volume(model: dict[str, Any], services: dict[str, Any]) -> None:
+    assert model["volumes"]["secrets"]["name"] == "tally_secrets"  # the name secrets_init.py prints
     for name, svc in services.items():
-        if svc.get("secrets") and name != "secrets-check":
-            assert "secrets-check" in (svc.get("depends_on") or {}), f"{name} reads secrets before the gate"
+        for mount in _secret_file_mounts(svc):
+            if name == "secrets-init":
+                continue
+            subpath = (mount.get("volume") or {}).get("subpath")
+            assert subpath, f"{name} mounts the whole secrets volume; mount single files (volume.subpath)"
+            assert "/" not in subpath, f"{name}: {subpath}"
+            assert mount.get("read_only") is True, f"{name}: secret file {subpath} must be read-only"
+            assert mount["target"] == f"/run/secrets/{subpath}", f"{name}: {mount['target']}"
 
 
-def test_secrets_gate_sees_every_secret(model: dict[str, Any]) -> None:
-    gate = {s["source"] for s in model["services"]["secrets-check"]["secrets"]}
-    assert gate == set(model["secrets"])
-    checked = re.findall(
-        r"(\w+):\d+", (REPO / "scripts" / "check-secrets.sh").read_text().split("for spec in", 1)[1].split(";", 1)[0]
-    )
-    assert set(checked) == set(model["secrets"])
+def test_secrets_init_writes_the_volume_as_the_owner_the_image_gives_it(services: dict[str, Any]) -> None:
+    init = services["secrets-init"]
+    assert init["image"] == services["app"]["image"] and init["network_mode"] == "none"
+    assert init["user"] == "10001:10001"
+    whole = [m for m in _secret_file_mounts(init) if not (m.get("volume") or {}).get("subpath")]
+    assert len(whole) == 1 and not whole[0].get("read_only"), "secrets-init needs the whole volume, writable"
+    store = whole[0]["target"]
+    imports = [v for v in init.get("volumes") or [] if v["type"] == "bind"]
+    assert [(v["source"], v["target"], v.get("read_only")) for v in imports] == [
+        (str(REPO / "secrets"), "/import", True)
+    ]
+    command = init["command"]
+    assert command[:2] == ["python", "/opt/tally/secrets_init.py"]
+    assert command[command.index("--store") + 1] == store and command[command.index("--import-dir") + 1] == "/import"
+    # A new named volume takes owner and mode from the image directory it is mounted over: the image must
+    # create that directory owned by the uid secrets-init runs as, or a fresh volume is root's.
+    _, stage = final_stage()
+    runs = " ".join(i.value for i in stage.all("RUN"))
+    assert re.search(rf"install -d -o 10001 -g 10001 -m 0700 {re.escape(store)}(\s|$)", runs), runs
+    copies = [i.value.split() for i in stage.all("COPY")]
+    assert ["scripts/secrets_init.py", "/opt/tally/secrets_init.py"] in copies
+
+
+def test_secrets_init_installs_every_mounted_secret_file(services: dict[str, Any]) -> None:
+    mounted = {
+        (m.get("volume") or {}).get("subpath")
+        for name, svc in services.items()
+        if name != "secrets-init"
+        for m in _secret_file_mounts(svc)
+    }
+    # A mounted file secrets-init does not create makes the container fail to start; an unmounted one is dead.
+    assert mounted == {spec.name for spec in secrets_init_module().SPECS}
 
 
 def test_app_scales_behind_traefik(services: dict[str, Any]) -> None:
@@ -292,18 +348,16 @@ def test_config_files_named_in_flags_are_mounted(services: dict[str, Any]) -> No
     assert found >= 4
 
 
-def test_every_file_variable_points_at_a_granted_secret(model: dict[str, Any], services: dict[str, Any]) -> None:
+def test_every_file_variable_points_at_a_mounted_secret_file(model: dict[str, Any], services: dict[str, Any]) -> None:
+    checked = 0
     for name, svc in services.items():
-        granted = {s["target"]: s["source"] for s in svc.get("secrets") or []}
+        files = {m["target"] for m in _secret_file_mounts(svc) if (m.get("volume") or {}).get("subpath")}
+        files |= {s["target"] for s in svc.get("secrets") or []}
         for key, value in (svc.get("environment") or {}).items():
             if key.endswith("_FILE"):
-                assert value in granted, f"{name}: {key}={value} is not a secret granted to {name}"
-                assert granted[value] in model["secrets"]
-    for secret in model["secrets"].values():
-        path = Path(secret["file"])
-        assert path.parent == REPO / "secrets", path
-        ignored = (REPO / ".gitignore").read_text()
-        assert "secrets/*" in ignored and "!secrets/README.md" in ignored
+                assert value in files, f"{name}: {key}={value} is not a secret file mounted into {name}"
+                checked += 1
+    assert checked >= 6
 
 
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_KEY|DSN", re.IGNORECASE)

@@ -7,6 +7,21 @@ timings in code, so what is tested is what ships. Used by tests/observability/te
 resilience drills (a replica-down alert must fire and resolve).
 
 Every process is started in its own session and stopped by PID (see ``ObservabilityStack.close``).
+
+Typical use (the drills do the same around their own load)::
+
+    stack = ObservabilityStack(workdir=tmp_path)
+    try:
+        stack.start_alerting()                      # alert-logger + Alertmanager (our routes)
+        stack.start_prometheus(
+            {"tally-app": ["127.0.0.1:9201", "127.0.0.1:9202"], "alertmanager": [stack.alertmanager.address]},
+            for_overrides={"AppReplicasBelowMinimum": "3s"},   # production waits 2m
+        )
+        since = time.time()
+        ...kill a replica...
+        wait_for(lambda: stack.webhook.received("default", "AppReplicasBelowMinimum", since=since), 60, "alert")
+    finally:
+        stack.close()
 """
 
 from __future__ import annotations
@@ -499,9 +514,10 @@ class ObservabilityStack:
     prometheus: Prometheus | None = None
     exporters: dict[str, Service] = field(default_factory=dict)
 
-    def start_alerting(self, **timings: str) -> None:
+    def start_alerting(self, group_wait: str = "1s", group_interval: str = "1s") -> None:
         self.webhook = start_webhook_logger(self.workdir)
-        self.alertmanager = start_alertmanager(self.workdir, alertmanager_test_config(self.webhook.url, **timings))
+        config = alertmanager_test_config(self.webhook.url, group_wait=group_wait, group_interval=group_interval)
+        self.alertmanager = start_alertmanager(self.workdir, config)
 
     def start_prometheus(
         self,

@@ -56,7 +56,9 @@ resource "aws_instance" "this" {
   # downloads until the association is in place.
   associate_public_ip_address = false
 
-  user_data = local.user_data
+  # Compressed: the script alone is close to EC2's 16 KiB user-data limit,
+  # and cloud-init unpacks gzip transparently.
+  user_data_base64 = base64gzip(local.user_data)
   # cloud-init runs once per instance, so a changed configuration (e.g. a new
   # repo_ref) only takes effect on a fresh instance. The data volume, the
   # Elastic IP and the SSM secrets carry over.

@@ -272,7 +272,8 @@ wait_healthy() {
   log "waiting for $url"
   # -k: with a fresh domain the certificate may still be Traefik's default
   # while Let's Encrypt is being asked.
-  retry 900 curl -fsSk --max-time 5 -o /dev/null --resolve "${TALLY_PUBLIC_HOST}:443:127.0.0.1" "$url" ||
+  # --connect-to (unlike --resolve) also redirects an IP-literal host.
+  retry 900 curl -fsSk --max-time 5 -o /dev/null --connect-to "${TALLY_PUBLIC_HOST}:443:127.0.0.1:443" "$url" ||
     die "$url did not answer: see 'docker compose ps' and 'docker compose logs' in $TALLY_CHECKOUT"
   log "stack is up: $url"
 }
