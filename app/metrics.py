@@ -21,6 +21,7 @@ from .buildinfo import BuildInfo
 from .config import Config
 
 DB_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DB_OPERATIONS = ("visit", "stats", "ready")
 REQUEST_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -84,7 +85,7 @@ def init_metrics(app: Flask, config: Config, build: BuildInfo) -> AppMetrics:
         build=build.build or "",
         commit=build.commit or "",
     )
-    return AppMetrics(
+    metrics = AppMetrics(
         registry=registry,
         visits=Counter("tally_visits_total", "Visits counted on /", registry=registry),
         new_visitors=Counter("tally_new_visitors_total", "Visitors seen for the first time", registry=registry),
@@ -103,3 +104,8 @@ def init_metrics(app: Flask, config: Config, build: BuildInfo) -> AppMetrics:
             "tally_db_pool_size", "Configured database pool size", registry=registry, multiprocess_mode="livesum"
         ),
     )
+    # Series that exist from the start at 0: rate() cannot see the first error of a series born with it.
+    for operation in DB_OPERATIONS:
+        metrics.db_errors.labels(operation=operation)
+        metrics.db_query_duration.labels(operation=operation)
+    return metrics

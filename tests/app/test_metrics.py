@@ -38,6 +38,7 @@ def test_in_process_metrics_count_visits_and_errors(client: FlaskClient) -> None
     assert value(metrics, "flask_http_request_duration_seconds_count", path="/", status="200") == 2
     assert value(metrics, "flask_http_request_duration_seconds_count", path="<unmatched>", status="404") == 1
     assert value(metrics, "tally_app_info", version="1.0.0") == 1
+    assert ("tally_db_errors_total", frozenset({("operation", "stats")})) in metrics
 
 
 @pytest.mark.slow
