@@ -62,7 +62,7 @@ def problem(spec: Spec, value: str) -> str | None:
     if len(value) < spec.minimum:
         return f"is {len(value)} characters, needs at least {spec.minimum}"
     lower = value.lower()
-    for marker in ():
+    for marker in PLACEHOLDERS:
         if marker in lower:
             return f"holds a placeholder value (contains '{marker}')"
     return None

@@ -621,8 +621,9 @@ def test_app_log_has_no_errors(app: App) -> None:
 
 
 def test_root_filesystem_is_read_only(app: App) -> None:
-    result = app.stack.podman.run("exec", app.name, "touch", "/smoke-write-probe", check=False)
-    assert result.returncode != 0
+    # As uid 0, which owns / : only a read-only mount stops the write (the app user never could).
+    result = app.stack.podman.run("exec", "--user", "0", app.name, "touch", "/smoke-write-probe", check=False)
+    assert result.returncode != 0 and "Read-only file system" in result.stderr, result
 
 
 # Names that must never reach an image: VCS data, local env files (real secrets), host venvs,
