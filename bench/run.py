@@ -129,7 +129,9 @@ def wrk(url: str, script: Path, duration: float, connections: int) -> dict[str, 
     out = result.stdout
     if result.returncode != 0 or "Requests/sec" not in out:
         raise RuntimeError(f"wrk failed ({result.returncode}): {out}\n{result.stderr}")
-    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.MULTILINE))
+    latency = dict(re.findall(r"^\s*(50|75|90|99)%\s+(\S+)\s*$", out, re.MULTILINE))
+    if not {"50", "90", "99"} <= latency.keys():
+        raise RuntimeError(f"wrk printed no latency distribution:\n{out}\n{result.stderr}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
@@ -401,7 +403,11 @@ def measure_http(
     count_visits: Any = None,
     fixed_rate: bool = True,
 ) -> dict[str, Any]:
-    wrk(url, script, args.warmup, args.connections)
+    try:
+        wrk(url, script, args.warmup, args.connections)
+    except RuntimeError as exc:
+        # A warm-up only has to send traffic; its figures are thrown away.
+        print(f"  (warm-up: {str(exc).splitlines()[0]})", file=sys.stderr, flush=True)
     before = count_visits() if count_visits else 0
     with Observer(observer_roots, dsn) as observer:
         peak = wrk(url, script, args.duration, args.connections)

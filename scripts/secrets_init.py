@@ -186,9 +186,7 @@ def run(import_dir: Path, store: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--import-dir", type=Path, default=Path(os.environ.get("SECRETS_IMPORT_DIR", "/import")))
-    parser.add_argument(
-        "--store", type=Path, default=Path(os.environ.get("SECRETS_STORE_DIR", STORE_IN_CONTAINER))
-    )
+    parser.add_argument("--store", type=Path, default=Path(os.environ.get("SECRETS_STORE_DIR", STORE_IN_CONTAINER)))
     args = parser.parse_args(argv)
     return run(args.import_dir, args.store)
 

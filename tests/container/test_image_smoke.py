@@ -2,21 +2,24 @@
 
 There is no Docker engine here, and no registry: ``make-base-image.sh`` debootstraps a stand-in for
 the Dockerfile's ``FROM`` image (same tag, same Debian suite, same Python minor) and
-``build-image.sh`` builds the unchanged Dockerfile on it. The secrets-check, migrate and app
-services are read from the rendered compose model (``docker-compose config``) and turned into
-``podman run`` flags: user, read-only root with the same tmpfs mounts, dropped capabilities,
-no-new-privileges, the same environment, secret files made by ``scripts/init-secrets.sh`` and
-bind-mounted at /run/secrets like compose does, bind volumes, CPU/memory limits, grace period.
+``build-image.sh`` builds the unchanged Dockerfile on it. The app and the one-shot jobs it waits
+for (secrets-init, migrate) are read from the rendered compose model (``docker-compose config``)
+and turned into ``podman run`` flags: user, read-only root with the same tmpfs mounts, dropped
+capabilities, no-new-privileges, the same environment, the same volumes (the secrets volume filled
+by secrets-init, its files mounted by subpath at /run/secrets), CPU/memory limits, grace period.
 
-The one deliberate difference is the network: each container gets its own network namespace
+The deliberate differences are in the network: each container gets its own network namespace
 through slirp4netns (no bridge, so no iptables chain), the app keeps compose's ports 8000/9200
 inside it (so compose's healthcheck runs unchanged) and they are published on free 127.0.0.1
 ports; PostgreSQL is the test session's server on the host's 127.0.0.1, reached from inside as
-10.0.2.2, so only DATABASE_URL's host, port and database name are rewritten.
+10.0.2.2, so only DATABASE_URL's host, port and database name are rewritten. The SIGTERM test's
+container uses the host network instead (PORT/METRICS_PORT on free ports), because slirp4netns
+accepts connections on the app's behalf and would drop some for reasons no real deployment has.
 
-Time on the CI machine kind (2 cores; breakdown in docs/container-testing.md):
-cold (empty TALLY_PODMAN_CACHE: debootstrap + full build + these tests) COLD_TIME,
-warm (cached base image and build layers) WARM_TIME.
+Time on the CI machine kind (2 cores, measured 2026-11-25 while other suites ran on it):
+cold (empty TALLY_PODMAN_CACHE: debootstrap ~45-130 s, dependency install, build, tests)
+1 min 19 s at load 4-9, 3 min 55 s at load 11-13; warm (base image and every build layer cached)
+12 s at load 4, 47 s at load 11. Budget: cold <= 8 min, warm <= 2 min.
 """
 
 from __future__ import annotations

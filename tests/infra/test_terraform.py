@@ -314,6 +314,7 @@ def test_bootstrap_generates_missing_secrets_into_ssm(sandbox):
     assert "--overwrite" not in argv_log
     assert len({(secrets / n).read_text() for n in ("postgres_password", "secret_key", "grafana_admin_password")}) == 3
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert secrets.stat().st_uid == 10001  # secrets-init (uid 10001) imports from here
     assert not (secrets / "backup_age_recipient").exists()
     assert not (secrets / "aws_credentials").exists()
 

@@ -18,8 +18,8 @@ from .stackutil import (
     load_yaml,
     render,
     resolvable_from,
-    secrets_init_module,
     seconds,
+    secrets_init_module,
     service_networks,
 )
 

@@ -223,10 +223,11 @@ ssm_get_or_create() {
 
 write_secrets() {
   local dir=$TALLY_CHECKOUT/secrets name value
-  # The directory keeps other host users out; the files stay world-readable
-  # because Compose bind-mounts them into containers running as non-root
-  # users with other uids.
-  install -d -m 0700 "$dir"
+  # The directory keeps other host users out. It belongs to uid 10001, the
+  # user of the secrets-init job that imports it into the secrets volume; the
+  # offsite files stay world-readable because Compose bind-mounts them into
+  # the backup sidecar, which runs as another non-root uid.
+  install -d -m 0700 -o 10001 -g 10001 "$dir"
   for name in $TALLY_SECRET_NAMES; do
     value=$(ssm_get_or_create "$TALLY_SSM_PREFIX/$name")
     [[ -n $value ]] || die "SSM parameter $TALLY_SSM_PREFIX/$name is empty"
