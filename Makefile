@@ -59,3 +59,7 @@ run: venv ## run the app locally on http://127.0.0.1:8000 (SQLite, development m
 lock: venv ## re-pin requirements*.lock from requirements*.in
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock requirements.in
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.lock requirements-dev.in
+
+.PHONY: drills
+drills: deps ## resilience drills under load, full length (~5 min): replica loss, restarts, DB outage, exhaustion, bad input
+	$(BIN)/python -m drills --target native --action all --json drill-results.json

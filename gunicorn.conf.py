@@ -33,6 +33,8 @@ loglevel = _config.log_level.lower()
 # Worker heartbeat files on tmpfs: the image's filesystem is read-only.
 worker_tmp_dir = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108 - tmpfs, not a shared temp file
 proc_name = "tally"
+# gunicorn's control socket is one path per user ($HOME/.gunicorn); several instances would share it.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:

@@ -6,6 +6,7 @@ import logging
 
 import sentry_sdk
 from flask import Flask, Response, jsonify, render_template, request
+from flask.globals import request_ctx
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -20,6 +21,10 @@ RETRY_AFTER_SECONDS = "5"
 def _respond(status: int, title: str, message: str) -> Response:
     if request.path.startswith(JSON_PREFIXES):
         response = jsonify(error=title, message=message, request_id=request_id())
+    elif request_ctx.url_adapter is None:
+        # Werkzeug could not bind the request (e.g. an invalid Host header): without a URL adapter the
+        # page's url_for() would fail, so answer in plain text.
+        response = Response(f"{title}: {message}\n", mimetype="text/plain")
     else:
         state = tally()
         response = Response(

@@ -8,7 +8,7 @@ APT_PACKAGES=(
   prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter
   prometheus-blackbox-exporter
   shellcheck chromium fonts-dejavu-core
-  podman runc debootstrap uidmap
+  podman runc debootstrap uidmap slirp4netns netavark iptables
   haproxy wrk age socat rsync jq curl iproute2 git
 )
 

@@ -173,6 +173,13 @@ def test_zone_id_address_is_counted_without_overflow(database_url: str) -> None:
     assert visits_on_page(page) == 1
 
 
+def test_invalid_host_header_is_a_client_error(client: FlaskClient, app: Flask) -> None:
+    response = client.get("/", headers={"Host": "a" * 70 + ".example.org"}, environ_base={"REMOTE_ADDR": "1.2.3.4"})
+    assert response.status_code == 400
+    assert response.mimetype == "text/plain"
+    assert database_totals(app)["visits"] == 0
+
+
 def test_unknown_paths_and_methods(client: FlaskClient) -> None:
     assert client.get("/wp-admin.php").status_code == 404
     assert client.post("/", environ_base={"REMOTE_ADDR": "1.2.3.4"}).status_code == 405

@@ -87,10 +87,5 @@ def test_bad_input_never_errors_and_forges_no_visitor(bad_input_result: DrillRes
     assert bad_input_result.figures["via_lb_visitors_added"] <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app defect (docs/reliability.md, finding 1): a Host header werkzeug cannot bind (label over "
-    "63 characters) turns into a 500 because the error page calls url_for()",
-)
 def test_bad_input_invalid_host_is_not_a_server_error(bad_input_result: DrillResult) -> None:
     assert not bad_input_result.violated("5xx-bad-host"), bad_input_result.text()
