@@ -98,4 +98,6 @@ def _init_sentry(config: Config, release: str) -> None:
         environment=config.sentry_environment,
         traces_sample_rate=config.sentry_traces_sample_rate,
         integrations=[FlaskIntegration()],
+        # Frame locals could hold the visitor's address; Tally never sends it anywhere.
+        include_local_variables=False,
     )

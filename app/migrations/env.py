@@ -11,9 +11,9 @@ from flask import current_app
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
+from app.migrations_lock import MIGRATION_LOCK_ID
 from app.models import Base
 
-MIGRATION_LOCK_ID = 0x7A11_0001
 log = logging.getLogger("alembic.env")
 
 
@@ -37,6 +37,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"
         if postgres:
+            # The app's statement timeout suits requests, not a migration or a replica waiting its turn.
+            connection.execute(text("SET statement_timeout = 0"))
+            connection.execute(text("SET lock_timeout = 0"))
             connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         _forget_foreign_revision(connection)
         # Commit the autobegun transaction so Alembic's own transaction (and its COMMIT) starts clean.

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from tests.app.helpers import database_totals
 from tests.conftest import make_config, migrated_app
-from tests.support.gunicorn import REPO_ROOT, base_env
+from tests.support.gunicorn import REPO_ROOT, base_env, migrate
 
 LEGACY_ROWS = [
     ("1.2.3.4", 10),
@@ -70,3 +70,26 @@ def test_concurrent_upgrades_from_several_replicas(pg_database: str, tmp_path: P
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001_baseline"
         assert connection.execute(text("SELECT count(*) FROM total_shards")).scalar() == 16
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_waiting_migrator_outlasts_the_request_statement_timeout(pg_database: str, tmp_path: Path) -> None:
+    """A replica queued behind another's migration waits for the lock instead of timing out like a request."""
+    import threading
+
+    import psycopg2
+
+    from app.migrations_lock import MIGRATION_LOCK_ID
+
+    holder = psycopg2.connect(make_url(pg_database).render_as_string(hide_password=False).replace("+psycopg2", ""))
+    holder.autocommit = True
+    with holder.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+    release = threading.Timer(1.5, holder.close)
+    release.start()
+    try:
+        result = migrate(pg_database, tmp_path, DB_STATEMENT_TIMEOUT_MS="200")
+    finally:
+        release.join()
+    assert result.returncode == 0, result.stderr
+    assert "Running upgrade  -> 0001_baseline" in result.stderr + result.stdout

@@ -67,7 +67,7 @@ def test_commands_in_code_blocks_exist(path: Path) -> None:
 
 def test_configuration_table_matches_the_code() -> None:
     code = (REPO_ROOT / "app" / "config.py").read_text()
-    read_by_code = set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"', code))
+    read_by_code = set(re.findall(r'(?:env\.\w+\(|_optional_token\(env,)\s*"([A-Z][A-Z0-9_]+)"', code))
     readme = (REPO_ROOT / "README.md").read_text()
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", table, re.M))
