@@ -35,8 +35,33 @@ def _as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", SUPERUSER, "--", *command] if os.geteuid() == 0 else command
 
 
+class _Admin:
+    """What tests do with any PostgreSQL server: run SQL as the superuser, make fresh databases."""
+
+    def dsn(self, database: str) -> str:
+        raise NotImplementedError
+
+    def url(self, database: str) -> str:
+        raise NotImplementedError
+
+    def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        connection = psycopg2.connect(self.dsn(database))
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            connection.close()
+
+    def create_database(self, name: str) -> str:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
 @dataclass
-class PostgresServer:
+class PostgresServer(_Admin):
     data_dir: Path
     port: int
     bin_dir: Path = field(default_factory=pg_bin_dir)
@@ -137,54 +162,18 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
-    def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
-        connection = psycopg2.connect(self.dsn(database))
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-                return list(cursor.fetchall()) if cursor.description else []
-        finally:
-            connection.close()
-
-    def create_database(self, name: str) -> str:
-        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
 
 @dataclass
-class ExternalPostgres:
+class ExternalPostgres(_Admin):
     """A server we did not start (GitLab's ``services: postgres``), named by TEST_DATABASE_URL.
 
     Tests that stop or restart PostgreSQL start a :class:`PostgresServer` of their own instead."""
 
     admin_url: str
 
-    def _with_database(self, database: str) -> str:
-        return str(make_url(self.admin_url).set(drivername="postgresql+psycopg2", database=database))
-
     def url(self, database: str) -> str:
-        return self._with_database(database)
+        url = make_url(self.admin_url).set(drivername="postgresql+psycopg2", database=database)
+        return url.render_as_string(hide_password=False)
 
     def dsn(self, database: str) -> str:
-        return (
-            make_url(self._with_database(database))
-            .render_as_string(hide_password=False)
-            .replace("postgresql+psycopg2", "postgresql", 1)
-        )
-
-    def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
-        connection = psycopg2.connect(self.dsn(database))
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-                return list(cursor.fetchall()) if cursor.description else []
-        finally:
-            connection.close()
-
-    def create_database(self, name: str) -> str:
-        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        return self.url(database).replace("postgresql+psycopg2", "postgresql", 1)
