@@ -60,6 +60,16 @@ lock: venv ## re-pin requirements*.lock from requirements*.in
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock requirements.in
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.lock requirements-dev.in
 
+.PHONY: bench
+bench: deps ## side-by-side benchmark: GET / vs hello-world vs pgbench at 1 k / 1 M / 10 M visitors (docs/capacity.md)
+	$(BIN)/python -m bench.run
+
+HOST ?= http://127.0.0.1:8000
+SHAPE ?= smoke
+.PHONY: loadtest
+loadtest: venv ## Locust suite against HOST (default local gunicorn), SHAPE=smoke|step|spike|soak
+	$(BIN)/python -m loadtest --host $(HOST) --shape $(SHAPE)
+
 .PHONY: drills
 drills: deps ## resilience drills under load, full length (~5 min): replica loss, restarts, DB outage, exhaustion, bad input
 	$(BIN)/python -m drills --target native --action all --json drill-results.json
