@@ -95,16 +95,7 @@ class StatsReader(TallyUser):
     @task
     def stats(self) -> None:
         with self.client.get("/api/stats", name="/api/stats", catch_response=True) as response:
-            if response.status_code != 200:
-                _fail_status(response)
-                return
-            try:
-                body = response.json()
-            except ValueError:
-                response.failure("body is not JSON")
-                return
-            if not isinstance(body, dict) or "total_visitors" not in body:
-                response.failure("no total_visitors in the stats")
+            _expect_json_with(response, "total_visitors")
 
 
 class VersionChecker(TallyUser):
@@ -113,16 +104,20 @@ class VersionChecker(TallyUser):
     @task
     def version(self) -> None:
         with self.client.get("/version", name="/version", catch_response=True) as response:
-            if response.status_code != 200:
-                _fail_status(response)
-                return
-            try:
-                body = response.json()
-            except ValueError:
-                response.failure("body is not JSON")
-                return
-            if not isinstance(body, dict) or "version" not in body:
-                response.failure("no version in the body")
+            _expect_json_with(response, "version")
+
+
+def _expect_json_with(response, key: str) -> None:  # type: ignore[no-untyped-def]
+    if response.status_code != 200:
+        _fail_status(response)
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        response.failure("body is not JSON")
+        return
+    if not isinstance(body, dict) or key not in body:
+        response.failure(f"no {key} in the body")
 
 
 def _fail_status(response) -> None:  # type: ignore[no-untyped-def]
