@@ -47,7 +47,6 @@ from typing import Any
 
 import psutil
 import psycopg2
-import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -56,9 +55,8 @@ if str(REPO_ROOT) not in sys.path:
 from app.counting import _POSTGRES_VISIT  # noqa: E402 - the exact statement the app runs
 from app.models import COUNTER_SHARDS  # noqa: E402
 from bench import openloop  # noqa: E402
-from tests.support.gunicorn import GUNICORN, base_env, migrate, run_gunicorn  # noqa: E402
+from tests.support.gunicorn import base_env, migrate, run_gunicorn  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
-from tests.support.procs import free_port, stop_process, wait_until  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH / "results" / "latest.json"
@@ -375,35 +373,13 @@ def pgbench(pg: PostgresServer, database: str, kind: str, clients: int, duration
 @contextmanager
 def hello_server(env: dict[str, str], work: Path) -> Iterator[tuple[str, int]]:
     """bench/hello.py under the same gunicorn.conf.py: only the WSGI callable differs from the app."""
-    port = free_port()
-    env = env | {
-        "PORT": str(port),
-        "METRICS_PORT": str(free_port()),
-        # gunicorn.conf.py wipes this directory at start: it must not be the app's.
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "hello-multiproc"),
-    }
-    log = (work / "hello.log").open("ab")
-    process = subprocess.Popen(
-        [str(GUNICORN), "--config", "gunicorn.conf.py", "bench.hello:app"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
+    # gunicorn.conf.py wipes the multiprocess directory at start: it must not be the app's.
+    env = env | {"PORT": "", "METRICS_PORT": "", "PROMETHEUS_MULTIPROC_DIR": str(work / "hello-multiproc")}
+    server = run_gunicorn(env, work / "hello.log", wsgi_app="bench.hello:app", ready_path="/")
     try:
-        wait_until(
-            lambda: process.poll() is not None or requests.get(url + "/", timeout=1).status_code == 200,
-            timeout=30,
-            message="hello-world gunicorn",
-        )
-        if process.poll() is not None:
-            raise RuntimeError(f"hello-world gunicorn exited: {(work / 'hello.log').read_text()}")
-        yield url, process.pid
+        yield server.url, server.process.pid
     finally:
-        stop_process(process)
+        server.stop()
 
 
 def visits_recorded(pg: PostgresServer, database: str) -> int:

@@ -33,8 +33,11 @@ class Gunicorn:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    def answers(self, path: str) -> bool:
+        return requests.get(self.url + path, timeout=1).status_code == 200
+
     def healthy(self) -> bool:
-        return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+        return self.answers("/healthz")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         stop_process(self.process, timeout=timeout, sig=sig)
@@ -58,15 +61,23 @@ def base_env(database_url: str, tmp_path: Path, **overrides: str) -> dict[str, s
 
 
 def run_gunicorn(
-    env: dict[str, str], log_path: Path, *, wait: bool = True, cwd: Path = REPO_ROOT, extra_args: tuple[str, ...] = ()
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    wait: bool = True,
+    cwd: Path = REPO_ROOT,
+    extra_args: tuple[str, ...] = (),
+    wsgi_app: str = "app:create_app()",
+    ready_path: str = "/healthz",
 ) -> Gunicorn:
-    """Start ``gunicorn -c gunicorn.conf.py app:create_app()`` as the image does."""
+    """Start ``gunicorn -c gunicorn.conf.py app:create_app()`` as the image does (or another WSGI app under
+    the same settings, e.g. the benchmark's hello-world)."""
     port = int(env.get("PORT") or free_port())
     metrics_port = int(env.get("METRICS_PORT") or free_port())
     env = env | {"PORT": str(port), "METRICS_PORT": str(metrics_port)}
     log_file = log_path.open("ab")
     process = subprocess.Popen(
-        [str(GUNICORN), "--config", "gunicorn.conf.py", *extra_args, "app:create_app()"],
+        [str(GUNICORN), "--config", "gunicorn.conf.py", *extra_args, wsgi_app],
         cwd=cwd,
         env=env,
         stdout=log_file,
@@ -77,7 +88,9 @@ def run_gunicorn(
     server = Gunicorn(process=process, port=port, metrics_port=metrics_port, log_path=log_path)
     if wait:
         try:
-            wait_until(lambda: process.poll() is not None or server.healthy(), timeout=30, message="gunicorn /healthz")
+            wait_until(
+                lambda: process.poll() is not None or server.answers(ready_path), timeout=30, message="gunicorn ready"
+            )
             if process.poll() is not None:
                 raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
         except BaseException:
