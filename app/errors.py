@@ -61,7 +61,13 @@ def bad_client_address(_error: BadClientAddress) -> Response:
 
 
 def http_error(error: HTTPException) -> Response:
-    return _respond(error.code or 500, error.name, error.description or "")
+    response = _respond(error.code or 500, error.name, error.description or "")
+    # The exception carries headers the status requires (Allow on 405, WWW-Authenticate on 401, Retry-After
+    # on 429/503); the friendly body replaces Werkzeug's response, not those headers.
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def unexpected_error(error: Exception) -> Response:

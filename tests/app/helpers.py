@@ -8,7 +8,7 @@ from flask import Flask
 from sqlalchemy import text
 
 VISIT_LINE = re.compile(r"You have visited this page <span class=\"visit-figure\">(\d+)</span> times?\.")
-TOTAL_LINE = re.compile(r"Total visitors: (\d+)")
+TOTAL_TILE = re.compile(r'id="total-visitors">(\d+)</span>Total visitors<')
 
 
 def visits_on_page(html: str) -> int:
@@ -18,8 +18,8 @@ def visits_on_page(html: str) -> int:
 
 
 def total_on_page(html: str) -> int:
-    match = TOTAL_LINE.search(html)
-    assert match, "no total line in page"
+    match = TOTAL_TILE.search(html)
+    assert match, "no total visitors tile in page"
     return int(match.group(1))
 
 

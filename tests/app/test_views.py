@@ -33,7 +33,9 @@ def test_page_keeps_the_original_contract(client: FlaskClient) -> None:
     html = response.get_data(as_text=True)
     assert response.headers["Cache-Control"] == "no-store"
     assert "You have visited this page" in html
-    assert "Total visitors: 1" in html
+    assert total_on_page(html) == 1
+    # Said once: a tile, not a tile and a line repeating it.
+    assert html.count("Total visitors") == 1
     assert 'Deployed by <a href="#" class="text-white">n/a</a>' in html
     assert "v1.0.0" in html
     assert "203.0.113.7" not in html
@@ -184,6 +186,16 @@ def test_unknown_paths_and_methods(client: FlaskClient) -> None:
     assert client.get("/wp-admin.php").status_code == 404
     assert client.post("/", environ_base={"REMOTE_ADDR": "1.2.3.4"}).status_code == 405
     assert client.get("/api/nope").json["error"] == "Not Found"
+
+
+def test_method_not_allowed_names_the_allowed_methods(client: FlaskClient, app: Flask) -> None:
+    # RFC 9110 15.5.6: a 405 carries Allow; the friendly error page must not drop it.
+    for path in ("/", "/api/stats"):
+        response = client.post(path, environ_base={"REMOTE_ADDR": "1.2.3.4"})
+        assert response.status_code == 405
+        assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}, path
+        assert response.headers["Cache-Control"] == "no-store"
+    assert database_totals(app)["visits"] == 0
 
 
 def test_oversized_body_is_refused(client: FlaskClient, app: Flask) -> None:
