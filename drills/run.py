@@ -4,7 +4,9 @@ native   starts everything itself on 127.0.0.1 (PostgreSQL 15, gunicorn replicas
          config, haproxy mirroring our Traefik settings, Prometheus + Alertmanager for the alert),
          breaks it, measures, and stops every process it started.
 compose  drives an already running compose stack with docker / docker compose (operators).
-         ``--dry-run`` prints the commands instead of running them.
+
+``--dry-run`` (either target) says what would be started, broken and measured, runs nothing and judges
+nothing: no PASS/FAIL, no results file.
 
 Exit status: 0 when every drill held its promises, 1 otherwise. ``--json FILE`` writes the figures.
 """
@@ -12,6 +14,7 @@ Exit status: 0 when every drill held its promises, 1 otherwise. ``--json FILE`` 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -38,8 +41,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     compose.add_argument("--project-dir", type=Path, default=ComposeCommands().project_dir)
     compose.add_argument("--project-name", help="compose project name, if not the default")
     compose.add_argument("--verify-tls", action="store_true", help="verify the certificate (off: self-signed)")
-    compose.add_argument("--dry-run", action="store_true", help="print the docker commands, run nothing")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--dry-run", action="store_true", help="say what would run (compose: the docker commands), run nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.dry_run and args.json:
+        parser.error("--json: a dry run measures nothing, so it has no results to write")
+    return args
+
+
+def plan_native(actions: list[str], args: argparse.Namespace) -> None:
+    profile = (SHORT if args.short else FULL).with_duration(args.duration)
+    print(
+        f"drills (dry run, nothing is started): native, {profile.name} profile, on 127.0.0.1 - PostgreSQL 15,"
+        " gunicorn replicas with the production config, haproxy, Prometheus and Alertmanager, under"
+        f" {profile.users} Locust users x {profile.user_rps} req/s, {profile.steady_s:g} s steady load"
+        " before each fault and after recovery",
+        flush=True,
+    )
+    for action in actions:
+        summary = (inspect.getdoc(DRILLS[action]) or "").split(".", 1)[0].replace("\n", " ")
+        print(f"  would run {action}: {summary}", flush=True)
 
 
 def run_native(actions: list[str], args: argparse.Namespace) -> list[DrillResult]:
@@ -67,8 +89,11 @@ def run_compose(actions: list[str], args: argparse.Namespace) -> list[DrillResul
     )
     results = []
     for action in actions:
+        if args.dry_run:
+            print(f"== drill {action} (compose, dry run): would run", flush=True)
         result = drills.by_name()[action]()
-        print(result.text(), flush=True)
+        if not args.dry_run:
+            print(result.text(), flush=True)
         results.append(result)
     return results
 
@@ -76,6 +101,13 @@ def run_compose(actions: list[str], args: argparse.Namespace) -> list[DrillResul
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     actions = ACTIONS if args.action == "all" else [args.action]
+    if args.dry_run:
+        if args.target == "native":
+            plan_native(actions, args)
+        else:
+            run_compose(actions, args)
+        print(f"drills: dry run of {len(actions)} drill(s), nothing was run and nothing was judged")
+        return 0
     results = run_native(actions, args) if args.target == "native" else run_compose(actions, args)
     if args.json:
         args.json.write_text(dump(results) + "\n")

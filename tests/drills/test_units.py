@@ -3,6 +3,7 @@ corpus, and the compose commands operators run (they cannot run here: no Docker 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from app.identity import normalise_address
-from drills import badinput, compose, lb
+from drills import badinput, compose, lb, scenarios
 from drills.load import parse_ledger
 from drills.report import Ledger
 from drills.run import main
@@ -145,7 +146,37 @@ def test_compose_conn_exhaustion_shrinks_postgres_and_restores_it() -> None:
     assert scales == ["app=3", "app=2"]
 
 
+def _judged(out: str) -> list[str]:
+    """Lines of a report that state a result; a dry run must print none."""
+    return [line for line in out.splitlines() if re.search(r"\b(PASS|FAIL|passed|failed|VIOLATION)\b", line)]
+
+
 def test_cli_dry_run_against_compose(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--target", "compose", "--action", "all", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "docker kill --signal KILL" in out and "drills: 5/5 passed" in out
+    assert "docker kill --signal KILL" in out
+    assert "nothing was run" in out.splitlines()[-1]
+    assert _judged(out) == []
+
+
+def test_cli_dry_run_natively_starts_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def must_not_run(*_args: object) -> None:
+        raise AssertionError("a dry run ran a drill")
+
+    for name in scenarios.DRILLS:
+        monkeypatch.setitem(scenarios.DRILLS, name, must_not_run)
+    assert main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for name in scenarios.DRILLS:
+        assert f"would run {name}:" in out
+    assert "nothing was run" in out.splitlines()[-1]
+    assert _judged(out) == []
+
+
+def test_cli_dry_run_refuses_a_results_file(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dry-run", "--json", str(tmp_path / "results.json")])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "results.json").exists()
