@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
 from tests.support.postgres import PostgresServer
+from tests.support.procs import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(
@@ -292,6 +293,17 @@ def test_step_shape_without_a_good_step_fails(tmp_path: Path, stub_factory: Any)
     )
     assert result.returncode != 0
     assert summary_of(result)["knee"] == " knee=none"
+
+
+def test_target_that_does_not_answer_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens on it
+    result = run_loadtest(f"http://127.0.0.1:{port}", tmp_path / "r", "--shape", "smoke")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"http://127.0.0.1:{port} does not answer" in result.stderr
+    assert "start the target first" in result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_invalid_shape_options_are_refused(tmp_path: Path, stub_factory: Any) -> None:
