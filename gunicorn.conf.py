@@ -14,7 +14,7 @@ from app.config import load_config_or_exit
 _config = load_config_or_exit()
 
 wsgi_app = "app:create_app()"
-bind = [f"0.0.0.0:{_config.port}"]
+bind = [_config.bind]
 workers = _config.web_concurrency
 worker_class = "gthread"
 threads = _config.gunicorn_threads

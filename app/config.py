@@ -7,6 +7,7 @@ operator never meets a traceback at the first request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Config:
     db_statement_timeout_ms: int
     build_number: str | None
     git_commit: str | None
+    bind_address: str
     port: int
     metrics_port: int
     web_concurrency: int
@@ -64,6 +66,12 @@ class Config:
     @property
     def is_postgres(self) -> bool:
         return self.database_url.get_backend_name() == "postgresql"
+
+    @property
+    def bind(self) -> str:
+        """gunicorn's ``bind`` value: an IPv6 address needs brackets before the port."""
+        host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
+        return f"{host}:{self.port}"
 
 
 class _Environment:
@@ -187,6 +195,19 @@ def _user_url(env: _Environment) -> str:
     return url
 
 
+def _bind_address(env: _Environment) -> str:
+    # Loopback unless asked: a development server is not for the network. The image sets 0.0.0.0, where
+    # the container's own network namespace and Docker's port publishing decide who can reach it.
+    raw = env.text("BIND_ADDRESS", "127.0.0.1")
+    assert raw is not None
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ConfigError(
+            "BIND_ADDRESS", f"must be an IP address such as 127.0.0.1 or 0.0.0.0 (every interface), got {raw!r}"
+        ) from None
+
+
 def _optional_token(env: _Environment, name: str, allowed: str) -> str | None:
     value = env.text(name)
     if value is not None and (len(value) > 64 or any(ch not in allowed for ch in value)):
@@ -225,6 +246,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         db_statement_timeout_ms=env.integer("DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
         build_number=_optional_token(env, "BUILD_NUMBER", _DIGITS),
         git_commit=_optional_token(env, "GIT_COMMIT", _HEX),
+        bind_address=_bind_address(env),
         port=env.integer("PORT", 8000, 1, 65535),
         metrics_port=env.integer("METRICS_PORT", 9200, 1, 65535),
         web_concurrency=env.integer("WEB_CONCURRENCY", 2, 1, 64),

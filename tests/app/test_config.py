@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.config import DEV_SECRET_KEY, ConfigError, load_config, load_config_or_exit
-from tests.support.gunicorn import GUNICORN, REPO_ROOT, TEST_SECRET_KEY
+from tests.support.gunicorn import GUNICORN, REPO_ROOT, TEST_SECRET_KEY, base_env, run_gunicorn
 
 PG = "postgresql://tally@db.internal:5432/tally"
 VALID = {"TALLY_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": TEST_SECRET_KEY}
@@ -21,6 +22,45 @@ def test_production_defaults() -> None:
     assert config.trusted_proxy_hops == 0
     assert config.sentry_dsn is None
     assert config.is_postgres
+
+
+@pytest.mark.parametrize(
+    ("overrides", "bind"),
+    [
+        ({}, "127.0.0.1:8000"),
+        ({"TALLY_ENV": "development", "DATABASE_URL": ""}, "127.0.0.1:8000"),
+        ({"BIND_ADDRESS": "0.0.0.0", "PORT": "9000"}, "0.0.0.0:9000"),
+        ({"BIND_ADDRESS": "::1"}, "[::1]:8000"),
+    ],
+)
+def test_server_binds_loopback_unless_asked(overrides: dict[str, str], bind: str) -> None:
+    environ = {key: value for key, value in (VALID | overrides).items() if value != ""}
+    assert load_config(environ).bind == bind
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket in LISTEN state on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                raw = bytes.fromhex(address)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+def test_gunicorn_listens_on_loopback_only_by_default(tmp_path: Path) -> None:
+    env = base_env(f"sqlite:///{tmp_path / 'tally.sqlite3'}", tmp_path)
+    env.pop("BIND_ADDRESS", None)
+    server = run_gunicorn(env, tmp_path / "gunicorn.log")
+    try:
+        assert _listening_addresses(server.port) == {"127.0.0.1"}
+    finally:
+        server.stop()
 
 
 def test_heroku_style_url_is_normalised() -> None:
@@ -72,6 +112,8 @@ def test_development_runs_on_sqlite_without_settings() -> None:
         ({"BUILD_NUMBER": "12a"}, "BUILD_NUMBER"),
         ({"GIT_COMMIT": "zzz"}, "GIT_COMMIT"),
         ({"PORT": "70000"}, "PORT"),
+        ({"BIND_ADDRESS": "localhost"}, "BIND_ADDRESS"),
+        ({"BIND_ADDRESS": "0.0.0.0:8000"}, "BIND_ADDRESS"),
         ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
     ],
 )

@@ -119,6 +119,16 @@ def test_healthcheck_probes_healthz_on_the_app_port() -> None:
     assert "8000" in stage.all("EXPOSE")[-1].value.split()
 
 
+def test_the_container_listens_on_every_interface_of_its_namespace() -> None:
+    # The app binds loopback unless asked (local development); Traefik reaches a replica on its
+    # container address, so the image asks.
+    _, stage = final_stage()
+    from app.config import load_config
+
+    image = {"TALLY_ENV": "development"} | {k: v for k, v in image_env(stage).items() if k == "BIND_ADDRESS"}
+    assert load_config(image).bind == "0.0.0.0:8000"
+
+
 def test_build_metadata_is_baked_in() -> None:
     _, stage = final_stage()
     env = image_env(stage)
