@@ -8,12 +8,16 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, render_template, request
 from sqlalchemy import text
 
+from .chart import bar_chart
 from .counting import VisitResult, read_stats, record_visit
 from .identity import normalise_address, visitor_key
 from .state import tally
 
 log = logging.getLogger(__name__)
 bp = Blueprint("tally", __name__)
+# The statistics page is the same for everyone and holds no personal data: browsers and any shared cache may
+# reuse it for a minute, which bounds the reads a crowd of reloads costs; a minute-old chart is still true.
+STATS_PAGE_CACHE_CONTROL = "public, max-age=60"
 
 # Uptime checkers that poll "/" although they should use /healthz; their polls are not visits.
 PROBE_USER_AGENT_PREFIXES = (
@@ -98,6 +102,25 @@ def stats() -> Response:
     }
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/stats")
+def stats_page() -> Response:
+    """Totals and the last 30 days as a server-rendered SVG chart; reading it is not a visit."""
+    state = tally()
+    with state.metrics.db_operation("stats"):
+        result = read_stats(state.engine)
+    html = render_template(
+        "stats.html",
+        stats=result,
+        chart=bar_chart([(d.day, d.unique_visitors) for d in result.daily]),
+        build=state.build,
+        user_name=state.config.user_name,
+        user_url=state.config.user_url,
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Cache-Control"] = STATS_PAGE_CACHE_CONTROL
     return response
 
 

@@ -1,15 +1,22 @@
-"""The page as a person sees it: real Chromium against the real server."""
+"""The pages as a person sees them: real Chromium against the real server.
+
+``TALLY_UPDATE_SCREENSHOTS=1`` also copies the screenshots to docs/ (the README shows them).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
-from tests.support.gunicorn import base_env, migrate, run_gunicorn
+from app.counting import record_visit, utc_today
+from tests.support.gunicorn import REPO_ROOT, base_env, migrate, run_gunicorn
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -28,6 +35,11 @@ def chromium() -> str:
     found = shutil.which("chromium")
     assert found, "chromium is not installed (apt install chromium)"
     return found
+
+
+def keep_for_docs(screenshot: Path, name: str) -> None:
+    if os.environ.get("TALLY_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(screenshot, REPO_ROOT / "docs" / name)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -62,6 +74,48 @@ def test_page_renders_the_visit_line(pg_database: str, tmp_path: Path) -> None:
         assert png_size(screenshot) == (1024, 640)
         # A page that failed to load (blank or error) compresses to almost nothing.
         assert screenshot.stat().st_size > 15_000
+        keep_for_docs(screenshot, "screenshot.png")
         assert server.log().count('"message": "database unavailable"') == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_statistics_page_renders_the_chart(pg_database: str, tmp_path: Path) -> None:
+    assert migrate(pg_database, tmp_path).returncode == 0
+    engine = create_engine(pg_database)
+    today = utc_today()
+    try:
+        # A plausible month: weekdays busier than weekends, one busy day.
+        for days_ago in range(30):
+            day = today - dt.timedelta(days=days_ago)
+            visitors = 2 + (days_ago * 7) % 5 + (0 if day.weekday() >= 5 else 4) + (9 if days_ago == 12 else 0)
+            for number in range(visitors):
+                record_visit(engine, f"{days_ago}-{number}".encode(), day)
+    finally:
+        engine.dispose()
+    env = base_env(pg_database, tmp_path, USER_NAME="Tally Ops", USER_URL="https://example.org/", BUILD_NUMBER="1")
+    server = run_gunicorn(env, tmp_path / "gunicorn.log")
+    try:
+        profile = tmp_path / "chromium-profile"
+        common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+        dom = subprocess.run(
+            [*common, "--dump-dom", server.url + "/stats"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert dom.count('<rect class="bar"') == 30
+        assert "Unique visitors per day" in dom
+        for name, size in (("stats.png", (1024, 900)), ("stats-phone.png", (390, 844))):
+            screenshot = tmp_path / name
+            subprocess.run(
+                [*common, f"--screenshot={screenshot}", f"--window-size={size[0]},{size[1]}", server.url + "/stats"],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+            assert png_size(screenshot) == size
+            # The chart's bars and labels; a blank or error page compresses to almost nothing.
+            assert screenshot.stat().st_size > 15_000, name
+            keep_for_docs(screenshot, name)
+        assert "Traceback" not in server.log()
     finally:
         server.stop()

@@ -190,7 +190,7 @@ def test_unknown_paths_and_methods(client: FlaskClient) -> None:
 
 def test_method_not_allowed_names_the_allowed_methods(client: FlaskClient, app: Flask) -> None:
     # RFC 9110 15.5.6: a 405 carries Allow; the friendly error page must not drop it.
-    for path in ("/", "/api/stats"):
+    for path in ("/", "/api/stats", "/stats"):
         response = client.post(path, environ_base={"REMOTE_ADDR": "1.2.3.4"})
         assert response.status_code == 405
         assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}, path
