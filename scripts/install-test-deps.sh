@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite runs for real (Debian 12, as root). Idempotent: a
 # package already present is not fetched again, so `make test` can call it every time.
+# When it installs anything, it then stops the services those packages start (PostgreSQL, haproxy,
+# Prometheus, Alertmanager, exporters), a system PostgreSQL of yours included: it says so first.
 set -euo pipefail
 
 APT_PACKAGES=(
+  make python3.11 python3.11-venv python3-venv
   postgresql-15 postgresql-client-15
   prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter
   prometheus-blackbox-exporter
@@ -23,6 +26,8 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "install-test-deps: installing ${missing[*]}"
+  echo "install-test-deps: NOTE: afterwards this stops the system's PostgreSQL, haproxy, Prometheus, Alertmanager" \
+       "and exporter services (the tests start their own on free ports); start yours again with systemctl start"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
