@@ -6,7 +6,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(
-  make python3.11 python3.11-venv python3-venv
+  make python3.11 python3.11-venv python3-venv ca-certificates
   postgresql-15 postgresql-client-15
   prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter
   prometheus-blackbox-exporter

@@ -429,7 +429,8 @@ def test_every_app_variable_is_documented_in_env_example() -> None:
 
 
 # Read by the app but deliberately not passed through from .env: the direct secret forms (compose uses
-# the *_FILE ones), build metadata baked into the image, and the alternative *_FILE forms.
+# the *_FILE ones), build metadata and the listen address baked into the image, and the alternative *_FILE
+# forms.
 NOT_PASSED_THROUGH = {
     "DATABASE_PASSWORD",
     "SECRET_KEY",
@@ -437,6 +438,7 @@ NOT_PASSED_THROUGH = {
     "SENTRY_DSN_FILE",
     "BUILD_NUMBER",
     "GIT_COMMIT",
+    "BIND_ADDRESS",
 }
 
 
