@@ -10,13 +10,16 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
 from app.counting import record_visit, utc_today
-from tests.support.gunicorn import REPO_ROOT, base_env, migrate, run_gunicorn
+from tests.support.gunicorn import REPO_ROOT, Gunicorn, base_env, migrate, run_gunicorn
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -49,35 +52,48 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-@pytest.mark.slow
-def test_page_renders_the_visit_line(pg_database: str, tmp_path: Path) -> None:
-    assert migrate(pg_database, tmp_path).returncode == 0
+@dataclass
+class Browser:
+    """Headless Chromium against one real gunicorn (production config, PostgreSQL)."""
+
+    server: Gunicorn
+    command: list[str]
+
+    def dom(self, path: str) -> str:
+        argv = [*self.command, "--dump-dom", self.server.url + path]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    def screenshot(self, path: str, file: Path, size: tuple[int, int]) -> None:
+        argv = [*self.command, f"--screenshot={file}", f"--window-size={size[0]},{size[1]}", self.server.url + path]
+        subprocess.run(argv, capture_output=True, timeout=60, check=True)
+        assert png_size(file) == size
+        # A page that failed to load (blank or error) compresses to almost nothing.
+        assert file.stat().st_size > 15_000, file.name
+        keep_for_docs(file, file.name)
+
+
+@contextmanager
+def browser(pg_database: str, tmp_path: Path) -> Iterator[Browser]:
     env = base_env(pg_database, tmp_path, USER_NAME="Tally Ops", USER_URL="https://example.org/", BUILD_NUMBER="1")
     server = run_gunicorn(env, tmp_path / "gunicorn.log")
     try:
-        profile = tmp_path / "chromium-profile"
-        common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-        dom = subprocess.run(
-            [*common, "--dump-dom", server.url + "/"], capture_output=True, text=True, timeout=60, check=True
-        ).stdout
+        yield Browser(server, [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"])
+        assert server.log().count('"message": "database unavailable"') == 0
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_page_renders_the_visit_line(pg_database: str, tmp_path: Path) -> None:
+    assert migrate(pg_database, tmp_path).returncode == 0
+    with browser(pg_database, tmp_path) as chromium_:
+        dom = chromium_.dom("/")
         assert "You have visited this page" in dom
         assert 'id="total-visitors">1<' in dom
         assert "Deployed by" in dom
         assert "Tally Ops" in dom
-        screenshot = tmp_path / "page.png"
-        subprocess.run(
-            [*common, f"--screenshot={screenshot}", "--window-size=1024,640", server.url + "/"],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        assert png_size(screenshot) == (1024, 640)
-        # A page that failed to load (blank or error) compresses to almost nothing.
-        assert screenshot.stat().st_size > 15_000
-        keep_for_docs(screenshot, "screenshot.png")
-        assert server.log().count('"message": "database unavailable"') == 0
-    finally:
-        server.stop()
+        chromium_.screenshot("/", tmp_path / "screenshot.png", (1024, 640))
 
 
 @pytest.mark.slow
@@ -94,28 +110,9 @@ def test_statistics_page_renders_the_chart(pg_database: str, tmp_path: Path) -> 
                 record_visit(engine, f"{days_ago}-{number}".encode(), day)
     finally:
         engine.dispose()
-    env = base_env(pg_database, tmp_path, USER_NAME="Tally Ops", USER_URL="https://example.org/", BUILD_NUMBER="1")
-    server = run_gunicorn(env, tmp_path / "gunicorn.log")
-    try:
-        profile = tmp_path / "chromium-profile"
-        common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-        dom = subprocess.run(
-            [*common, "--dump-dom", server.url + "/stats"], capture_output=True, text=True, timeout=60, check=True
-        ).stdout
+    with browser(pg_database, tmp_path) as chromium_:
+        dom = chromium_.dom("/stats")
         assert dom.count('<rect class="bar"') == 30
         assert "Unique visitors per day" in dom
-        for name, size in (("stats.png", (1024, 900)), ("stats-phone.png", (390, 844))):
-            screenshot = tmp_path / name
-            subprocess.run(
-                [*common, f"--screenshot={screenshot}", f"--window-size={size[0]},{size[1]}", server.url + "/stats"],
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )
-            assert png_size(screenshot) == size
-            # The chart's bars and labels; a blank or error page compresses to almost nothing.
-            assert screenshot.stat().st_size > 15_000, name
-            keep_for_docs(screenshot, name)
-        assert "Traceback" not in server.log()
-    finally:
-        server.stop()
+        chromium_.screenshot("/stats", tmp_path / "stats.png", (1024, 900))
+        chromium_.screenshot("/stats", tmp_path / "stats-phone.png", (390, 844))
