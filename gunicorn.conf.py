@@ -51,7 +51,7 @@ def when_ready(server: Any) -> None:
     if _config.prometheus_multiproc_dir:
         from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
-        GunicornPrometheusMetrics.start_http_server_when_ready(_config.metrics_port)
+        GunicornPrometheusMetrics.start_http_server_when_ready(_config.metrics_port, _config.bind_address)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -59,6 +59,7 @@ def test_gunicorn_listens_on_loopback_only_by_default(tmp_path: Path) -> None:
     server = run_gunicorn(env, tmp_path / "gunicorn.log")
     try:
         assert _listening_addresses(server.port) == {"127.0.0.1"}
+        assert _listening_addresses(server.metrics_port) == {"127.0.0.1"}
     finally:
         server.stop()
 
