@@ -129,10 +129,8 @@ def test_scheduler_catches_up_runs_the_drill_beats_and_stops_on_sigterm(sidecar:
         assert health.returncode == 0, health.stdout
         unreachable = sidecar.run("backup-healthcheck", BACKUP_METRICS_PORT=str(free_port()))
         assert unreachable.returncode == 1 and "metrics endpoint" in unreachable.stdout
-        started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        assert time.monotonic() - started < 10
+        process.wait(timeout=10)  # the deadline: without SIGTERM handling it would sleep until 02:30
     finally:
         stop_process(process)  # type: ignore[arg-type]
     assert process.returncode == 0
