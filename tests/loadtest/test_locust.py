@@ -47,8 +47,11 @@ def run_loadtest(
     host: str, results: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     # `timeout` bounds the run even if a shape never ends; Locust's own limits are what is under test.
+    # --stop-timeout: a request still in flight when the shape ends is waited for and counted, not
+    # dropped, so what a run counts does not depend on how fast the machine is.
+    command = [sys.executable, "-m", "loadtest", "--host", host, "--results-dir", str(results), "--stop-timeout", "30"]
     return subprocess.run(
-        ["timeout", "120", sys.executable, "-m", "loadtest", "--host", host, "--results-dir", str(results), *args],
+        ["timeout", "120", *command, *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -366,10 +369,9 @@ def test_self_signed_https_needs_the_explicit_opt_out(
     tmp_path: Path, stub_factory: Any, self_signed_cert: Path
 ) -> None:
     target = stub_factory(tls_cert=self_signed_cert)
-    # TLS behaviour only: latency is out of the verdict, which then hangs on failures alone. One user
-    # (one TLS context, not ten competing for a busy CPU), and a request still in flight when the
-    # shape ends is waited for and counted instead of dropped.
-    args = ("--shape-duration", "3", "--shape-users", "1", "--stop-timeout", "30", *NO_P95_LIMIT, "ReturningVisitor")
+    # TLS behaviour only: latency is out of the verdict, which then hangs on failures alone. One user:
+    # one TLS context, not ten competing for a busy CPU.
+    args = ("--shape-duration", "3", "--shape-users", "1", *NO_P95_LIMIT, "ReturningVisitor")
     verified = run_loadtest(target.url, tmp_path / "verified", *args, env=env_with(LOADTEST_USER_RPS="5"))
     assert verified.returncode != 0
     assert summary_of(verified)["verdict"] == "FAIL"
