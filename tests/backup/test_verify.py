@@ -12,6 +12,8 @@ from tests.support.procs import free_port, stop_process, wait_until
 
 from .conftest import RUN_TIMEOUT_S, Sidecar, manifest, name_of, summary
 
+pytestmark = pytest.mark.slow  # real backups and restores (pg_dump, pg_restore) per test
+
 NOW = "2026-05-04T02:30:00Z"
 NOW_EPOCH = 1777861800
 
