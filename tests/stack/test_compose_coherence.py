@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.config_reads import app_env_vars
+
 from .stackutil import (
     COMPOSE_FILES,
     DEV_COMPOSE,
@@ -394,35 +396,6 @@ def test_no_secret_literal_in_stack_files() -> None:
 
 
 # --- configuration coverage ---------------------------------------------------------------------------------
-
-
-class _RecordingEnviron(dict[str, str]):
-    """An environment that remembers every name looked up in it."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        super().__init__(values)
-        self.read: set[str] = set()
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.read.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key: str) -> str:
-        self.read.add(key)
-        return super().__getitem__(key)
-
-
-def app_env_vars() -> set[str]:
-    """Every environment variable the app's configuration loader reads, as observed by running it.
-
-    A PostgreSQL URL so that the branch reading DATABASE_PASSWORD runs too; development, so that the
-    missing secrets are not an error.
-    """
-    from app.config import load_config
-
-    environ = _RecordingEnviron({"TALLY_ENV": "development", "DATABASE_URL": "postgresql://tally@db:5432/tally"})
-    load_config(environ)
-    return environ.read
 
 
 def test_app_reads_the_variables_compose_and_the_docs_are_checked_against() -> None:
