@@ -2,12 +2,12 @@
 #
 # Tally production image: gunicorn serving app:create_app() as an unprivileged user.
 #
-# Base image: the official slim Python image, pinned by exact version. The FROM lines use the plain tag
-# (not tag@digest) because tests/container builds a local stand-in tagged with exactly this reference; the
-# digest of the tag as last verified is recorded here, refresh both together when bumping:
+# Base image: the official slim Python image, pinned by exact version tag, not by digest: tests/container
+# builds a local stand-in tagged with exactly this reference, and no registry is reachable from where this
+# file is built and tested, so a recorded digest could never be checked (docs/security.md, supply chain).
+# To build on an exact digest anyway, look it up and pass it:
 #   docker buildx imagetools inspect python:3.11.14-slim-bookworm --format '{{.Manifest.Digest}}'
-#   PYTHON_IMAGE_DIGEST=sha256:<refresh-on-bump>   (not verifiable from the build machines: no registry access)
-# To build on an exact digest anyway: docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:...
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:...
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # checkov:skip=CKV_DOCKER_7: the base is pinned to an exact version through PYTHON_IMAGE above, which checkov cannot expand (tests/stack/test_dockerfile.py checks the pin)
 

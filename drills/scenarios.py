@@ -278,18 +278,21 @@ def db_restart(workdir: Path, profile: Profile) -> DrillResult:
         result.check(not not_503, "not-503", f"{len(not_503)} visits while the database was down were not 503")
         result.check(not bad_status, "status", f"statuses other than 200/503: {sorted({r.status for r in bad_status})}")
         result.check(not fake_ok, "fake-200", f"{len(fake_ok)} responses were 200 without the visit line")
-        result.check(
-            slowest <= hang_limit, "hang", f"a response took {slowest:.1f}s around the outage (limit {hang_limit}s)"
+        # Timings are targets, reported: a busy machine makes them slower without anything being wrong.
+        # Behaviour is checked above and by the deadlines waited for (recovery within them, no answer
+        # later than the load generator's network timeout: that would be a status 0).
+        result.timing(
+            slowest <= hang_limit, "hang", f"a response took {slowest:.1f}s around the outage (target {hang_limit}s)"
         )
-        result.check(
+        result.timing(
             app_recovery is not None and app_recovery <= APP_RECOVERY_LIMIT_S,
             "app-recovery",
-            f"the app answered {app_recovery}s after the database was back (limit {APP_RECOVERY_LIMIT_S}s)",
+            f"the app answered {app_recovery}s after the database was back (target {APP_RECOVERY_LIMIT_S}s)",
         )
-        result.check(
+        result.timing(
             lb_recovery is not None and lb_recovery <= lb_limit,
             "lb-recovery",
-            f"the balancer routed again {lb_recovery}s after the database (limit: one health-check "
+            f"the balancer routed again {lb_recovery}s after the database (target: one health-check "
             f"interval + timeout + 1s = {lb_limit}s)",
         )
         _check_counters(result, stack)

@@ -7,8 +7,15 @@ import re
 from flask import Flask
 from sqlalchemy import text
 
+from app.buildinfo import VERSION_FILE
+
 VISIT_LINE = re.compile(r"You have visited this page <span class=\"visit-figure\">(\d+)</span> times?\.")
 TOTAL_TILE = re.compile(r'id="total-visitors">(\d+)</span>Total visitors<')
+
+
+def released_version() -> str:
+    """The version this checkout ships, read where the app reads it: bumping it must not break a test."""
+    return VERSION_FILE.read_text(encoding="utf-8").strip()
 
 
 def visits_on_page(html: str) -> int:

@@ -148,6 +148,7 @@ def test_entry_points_exit_with_one_line() -> None:
     assert str(stop.value) == "tally: invalid configuration: SECRET_KEY: must be at least 32 characters, got 5"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -170,6 +171,7 @@ def test_gunicorn_refuses_bad_config_at_start(env: dict[str, str], expected: str
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_flask_cli_refuses_bad_config() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],

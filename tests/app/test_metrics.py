@@ -9,6 +9,7 @@ import requests
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.app.helpers import released_version
 from tests.support.gunicorn import base_env, migrate, run_gunicorn
 
 
@@ -37,7 +38,7 @@ def test_in_process_metrics_count_visits_and_errors(client: FlaskClient) -> None
     assert value(metrics, "tally_db_query_duration_seconds_count", operation="visit") == 2
     assert value(metrics, "flask_http_request_duration_seconds_count", path="/", status="200") == 2
     assert value(metrics, "flask_http_request_duration_seconds_count", path="<unmatched>", status="404") == 1
-    assert value(metrics, "tally_app_info", version="1.0.0") == 1
+    assert value(metrics, "tally_app_info", version=released_version()) == 1
     assert ("tally_db_errors_total", frozenset({("operation", "stats")})) in metrics
 
 
@@ -59,6 +60,6 @@ def test_multiprocess_metrics_under_gunicorn(pg_database: str, tmp_path: Path) -
         assert value(metrics, "flask_http_request_duration_seconds_count", path="/", status="200") == 30
         assert value(metrics, "tally_db_pool_size") == 12  # 3 live workers x DB_POOL_SIZE 4
         assert value(metrics, "tally_db_pool_checked_out") == 0
-        assert value(metrics, "tally_app_info", version="1.0.0+build.9") >= 1
+        assert value(metrics, "tally_app_info", version=f"{released_version()}+build.9") >= 1
     finally:
         server.stop()

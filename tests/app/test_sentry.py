@@ -13,6 +13,7 @@ import pytest
 import sentry_sdk
 from flask import Flask
 
+from tests.app.helpers import released_version
 from tests.conftest import make_config, migrated_app
 from tests.support.procs import wait_until
 
@@ -69,7 +70,7 @@ def test_unhandled_error_reaches_sentry_with_release(pg_database: str, receiver:
     assert response.status_code == 500
     assert "Traceback" not in response.get_data(as_text=True)
     sentry_sdk.flush(timeout=5)
-    wait_until(lambda: receiver.envelopes, timeout=5, message="a Sentry envelope")
+    wait_until(lambda: receiver.envelopes, timeout=30, message="a Sentry envelope")
     events = [
         json.loads(line)
         for path, body in receiver.envelopes
@@ -78,7 +79,7 @@ def test_unhandled_error_reaches_sentry_with_release(pg_database: str, receiver:
         if line.startswith(b"{") and b'"exception"' in line
     ]
     assert len(events) == 1
-    assert events[0]["release"] == "1.0.0+build.7"
+    assert events[0]["release"] == f"{released_version()}+build.7"
     assert events[0]["exception"]["values"][0]["value"] == "boom for sentry"
 
 

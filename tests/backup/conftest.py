@@ -20,6 +20,7 @@ from tests.support.postgres import SUPERUSER, PostgresServer
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "backup" / "bin"
 TEMPLATE = "tally_backup_template"
+RUN_TIMEOUT_S = 120  # deadline of one sidecar command
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +47,7 @@ class Sidecar:
             env=self.env | env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=RUN_TIMEOUT_S,
             check=False,
         )
 

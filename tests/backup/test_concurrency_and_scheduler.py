@@ -26,6 +26,7 @@ def blocking_pg_dump(tmp_path: Path, real: str) -> tuple[Path, Path, Path]:
     return wrapper, started, gate
 
 
+@pytest.mark.slow
 def test_concurrent_runs_do_not_overlap(sidecar: Sidecar, tmp_path: Path) -> None:
     sidecar.seed(20)
     wrapper, started, gate = blocking_pg_dump(tmp_path, str(sidecar.server.bin_dir / "pg_dump"))
@@ -104,6 +105,7 @@ def test_invalid_schedule_is_refused_with_the_accepted_formats(sidecar: Sidecar,
     assert ("daily@HH:MM" in line) or ("below 5 minutes" in line)
 
 
+@pytest.mark.slow
 def test_scheduler_catches_up_runs_the_drill_beats_and_stops_on_sigterm(sidecar: Sidecar, tmp_path: Path) -> None:
     sidecar.seed(30)
     heartbeat = tmp_path / "heartbeat"
@@ -129,10 +131,8 @@ def test_scheduler_catches_up_runs_the_drill_beats_and_stops_on_sigterm(sidecar:
         assert health.returncode == 0, health.stdout
         unreachable = sidecar.run("backup-healthcheck", BACKUP_METRICS_PORT=str(free_port()))
         assert unreachable.returncode == 1 and "metrics endpoint" in unreachable.stdout
-        started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-        assert time.monotonic() - started < 10
+        process.wait(timeout=10)  # the deadline: without SIGTERM handling it would sleep until 02:30
     finally:
         stop_process(process)  # type: ignore[arg-type]
     assert process.returncode == 0
@@ -144,6 +144,7 @@ def test_scheduler_catches_up_runs_the_drill_beats_and_stops_on_sigterm(sidecar:
     assert stale.returncode == 1 and "heartbeat" in stale.stdout
 
 
+@pytest.mark.slow
 def test_manifest_describes_the_dump_even_while_visits_keep_coming(sidecar: Sidecar, tmp_path: Path) -> None:
     """Totals and dump share one snapshot: rows written between the manifest query and pg_dump's
     start are in neither, so verify still matches."""

@@ -11,6 +11,8 @@ import pytest
 
 from .conftest import Sidecar, summary
 
+pytestmark = pytest.mark.slow  # real backups, age encryption and restores per test
+
 FAKE_AWS = r"""#!/bin/bash
 # Fake aws CLI: s3://bucket/key <-> $FAKE_S3/bucket/key; logs its arguments.
 printf '%s\n' "$*" >> "$FAKE_S3/calls.log"

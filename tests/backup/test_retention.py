@@ -6,6 +6,8 @@ import datetime as dt
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from .conftest import Sidecar, summary
 
 
@@ -104,6 +106,7 @@ def test_a_gap_in_backups_never_deletes_the_last_good_ones(sidecar: Sidecar) -> 
     ]
 
 
+@pytest.mark.slow
 def test_a_real_backup_applies_retention_and_keeps_the_new_one_latest(sidecar: Sidecar) -> None:
     backup_dir = sidecar.backup_dir
     backup_dir.mkdir()

@@ -7,6 +7,8 @@ import pytest
 
 from .conftest import Sidecar, manifest, name_of, summary
 
+pytestmark = pytest.mark.slow  # real backups and restores (pg_dump, pg_restore) per test
+
 
 def test_backup_wipe_restore_brings_back_every_visitor(sidecar: Sidecar) -> None:
     sidecar.seed(700)

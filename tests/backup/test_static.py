@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ def tool(name: str) -> str:
     return found
 
 
+@pytest.mark.slow
 def test_shellcheck_clean() -> None:
     result = subprocess.run(
         [tool("shellcheck"), *map(str, SCRIPTS), *map(str, LIBS)], capture_output=True, text=True, check=False

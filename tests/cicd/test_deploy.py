@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs deploy.sh, which starts the fake `docker` (Python) many times
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "scripts" / "deploy.sh"
 FAKE = Path(__file__).with_name("fake_docker.py")

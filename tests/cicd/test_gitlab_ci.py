@@ -1,16 +1,19 @@
 """.gitlab-ci.yml: schema, pipeline shape per ref type, and the jobs that can really run here.
 
 - Schema: GitLab's CI schema as vendored by check-jsonschema (offline).
-- Which jobs run for a merge request, the default branch and a release tag: gitlab-ci-local evaluates the
-  job `rules:` itself (`--list-csv` with predefined variables overridden). gitlab-ci-local ignores
-  `workflow:rules`, so those are evaluated by the small evaluator below (it handles exactly the expression
-  forms GitLab documents for workflow rules: `$VAR`, `==`, `!=`, `=~ /re/`, `&&`, `||`).
+- Whether a pipeline is created at all (`workflow:rules`) and which jobs run for a merge request, a feature
+  branch, the default branch and a release tag: gitlab-ci-local evaluates the rules itself (`--list-csv`
+  with predefined variables overridden). It does not apply `workflow:rules`, so those are handed to it as
+  the rules of a probe job (see `workflow_probe`): no rule evaluator of ours.
+- Structure of the jobs (services, reports, tags, environments): gitlab-ci-local's `--preview`, i.e. the
+  jobs with `extends:` merged the way GitLab merges them.
 - Execution: gitlab-ci-local `--force-shell-executor` runs `version`, `yamllint` and `shellcheck` on a
   snapshot of the working tree. Only these: they call tools that exist on this machine (yamllint from
   .venv, Debian's shellcheck, POSIX sh). The other lint jobs need their container image's tooling
   (terraform providers from the registry, node for dclint, prom/* images) or Docker itself (build, smoke,
   deploy), which this machine does not have; they are covered by the schema and the structure tests here.
 
+Everything that starts gitlab-ci-local (node, seconds per call) is marked slow.
 gitlab-ci-local is resolved at <repo>/.tools/node/node_modules/.bin/gitlab-ci-local (installed with
 `npm --prefix .tools/node install --save-exact gitlab-ci-local@4.64.1`); missing means FAIL, not skip.
 """
@@ -42,32 +45,6 @@ def ci() -> dict[str, Any]:
     return data
 
 
-def jobs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    reserved = {"workflow", "stages", "variables", "default", "include", "image", "services", "cache"}
-    return {k: v for k, v in config.items() if not k.startswith(".") and k not in reserved}
-
-
-def resolved(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """A job with `extends:` applied (deep merge of mappings, as GitLab does)."""
-
-    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-        out = dict(base)
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge(out[key], value)
-            else:
-                out[key] = value
-        return out
-
-    job = config[name]
-    parents = job.get("extends", [])
-    parents = [parents] if isinstance(parents, str) else parents
-    result: dict[str, Any] = {}
-    for parent in parents:
-        result = merge(result, resolved(config, parent))
-    return merge(result, {k: v for k, v in job.items() if k != "extends"})
-
-
 def script_text(job: dict[str, Any]) -> str:
     return "\n".join(str(line) for key in ("before_script", "script") for line in job.get(key, []))
 
@@ -96,84 +73,6 @@ def test_schema_rejects_a_broken_copy(tmp_path: Path) -> None:
     assert broken.read_text() != CI_FILE.read_text()
     proc = run_schema(broken)
     assert proc.returncode != 0
-
-
-# ------------------------------------------------------------------------------------- workflow:rules
-
-TOKEN = re.compile(r"\s*(\|\||&&|==|!=|=~|\$\w+|\"[^\"]*\"|'[^']*'|/(?:\\/|[^/])*/)")
-
-
-def evaluate(expr: str, env: dict[str, str]) -> bool:
-    tokens = TOKEN.findall(expr)
-    assert "".join(tokens).replace(" ", "") == expr.replace(" ", ""), f"unsupported expression: {expr}"
-
-    def value(tok: str) -> str | None:
-        if tok.startswith("$"):
-            return env.get(tok[1:]) or None
-        return tok[1:-1]
-
-    def atom(parts: list[str]) -> bool:
-        if len(parts) == 1:
-            return value(parts[0]) is not None
-        left, op, right = parts
-        lv = value(left)
-        if op == "=~":
-            return lv is not None and re.search(right[1:-1], lv) is not None
-        rv = value(right)
-        return (lv == rv) if op == "==" else (lv != rv)
-
-    def conj(parts: list[str]) -> bool:
-        groups: list[list[str]] = [[]]
-        for tok in parts:
-            if tok == "&&":
-                groups.append([])
-            else:
-                groups[-1].append(tok)
-        return all(atom(g) for g in groups)
-
-    alternatives: list[list[str]] = [[]]
-    for tok in tokens:
-        if tok == "||":
-            alternatives.append([])
-        else:
-            alternatives[-1].append(tok)
-    return any(conj(a) for a in alternatives)
-
-
-def pipeline_created(env: dict[str, str]) -> bool:
-    for rule in ci()["workflow"]["rules"]:
-        if "if" not in rule or evaluate(rule["if"], env):
-            return bool(rule.get("when", "always") != "never")
-    return False
-
-
-PUSH_MAIN = {"CI_PIPELINE_SOURCE": "push", "CI_COMMIT_BRANCH": "main", "CI_DEFAULT_BRANCH": "main"}
-PUSH_FEATURE = {"CI_PIPELINE_SOURCE": "push", "CI_COMMIT_BRANCH": "feature/x", "CI_DEFAULT_BRANCH": "main"}
-PUSH_TAG = {"CI_PIPELINE_SOURCE": "push", "CI_COMMIT_TAG": "v1.0.0", "CI_DEFAULT_BRANCH": "main"}
-MR = {"CI_PIPELINE_SOURCE": "merge_request_event", "CI_MERGE_REQUEST_IID": "4", "CI_DEFAULT_BRANCH": "main"}
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        (MR, True),
-        (PUSH_MAIN, True),
-        (PUSH_TAG, True),
-        (PUSH_FEATURE, True),
-        # The branch pipeline duplicate of an MR pipeline must not be created.
-        (PUSH_FEATURE | {"CI_OPEN_MERGE_REQUESTS": "tally/tally!4"}, False),
-    ],
-    ids=["mr", "main", "tag", "feature-without-mr", "feature-with-open-mr"],
-)
-def test_workflow_rules_avoid_duplicate_pipelines(env: dict[str, str], expected: bool) -> None:
-    assert pipeline_created(env) is expected
-
-
-def test_workflow_evaluator_sanity() -> None:
-    assert evaluate('$A == "x" && $B', {"A": "x", "B": "1"})
-    assert not evaluate('$A == "x" && $B', {"A": "x"})
-    assert evaluate("$A =~ /^v\\d+/ || $C", {"A": "v1"})
-    assert evaluate("$A != $B", {"A": "main", "B": "dev"})
 
 
 # --------------------------------------------------------------------------------- gitlab-ci-local
@@ -243,20 +142,74 @@ MR_VARS = (
     "--variable", "CI_MERGE_REQUEST_IID=4",
     "--unset-variable", "CI_COMMIT_BRANCH",
 )  # fmt: skip
-TAG_VARS = ("--variable", "CI_COMMIT_TAG=v1.0.0", "--unset-variable", "CI_COMMIT_BRANCH")
+# A release tag names the version it ships (the `version` job enforces it).
+TAG_VARS = (
+    "--variable",
+    f"CI_COMMIT_TAG=v{(ROOT / 'version.txt').read_text().strip()}",
+    "--unset-variable",
+    "CI_COMMIT_BRANCH",
+)
+FEATURE_VARS = ("--variable", "CI_COMMIT_BRANCH=feature/x")
+FEATURE_WITH_MR_VARS = (*FEATURE_VARS, "--variable", "CI_OPEN_MERGE_REQUESTS=tally/tally!4")
 
 
+# ------------------------------------------------------------------------------------- workflow:rules
+
+
+@pytest.fixture(scope="module")
+def workflow_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-job pipeline whose job carries the pipeline's own `workflow:rules` as its `rules:`.
+
+    gitlab-ci-local applies job rules but not workflow rules. GitLab evaluates both the same way (the
+    first matching `if` decides, `when: never` drops), so the probe job is listed exactly when GitLab
+    would create the pipeline, and gitlab-ci-local's evaluator judges the rules, not code of ours.
+    """
+    dest = tmp_path_factory.mktemp("workflow-probe")
+    probe = {
+        "stages": ["test"],
+        "workflow-probe": {"stage": "test", "script": ["true"], "rules": ci()["workflow"]["rules"]},
+    }
+    (dest / ".gitlab-ci.yml").write_text(yaml.safe_dump(probe))
+    git = ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "probe", "--no-verify"], cwd=dest, check=True)
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("variables", "created"),
+    [
+        (MR_VARS, True),
+        ((), True),
+        (TAG_VARS, True),
+        (FEATURE_VARS, True),
+        # The branch pipeline duplicate of an MR pipeline must not be created.
+        (FEATURE_WITH_MR_VARS, False),
+    ],
+    ids=["mr", "main", "tag", "feature-without-mr", "feature-with-open-mr"],
+)
+def test_workflow_rules_avoid_duplicate_pipelines(
+    workflow_probe: Path, variables: tuple[str, ...], created: bool
+) -> None:
+    assert ("workflow-probe" in listed_jobs(workflow_probe, *variables)) is created
+
+
+@pytest.mark.slow
 def test_merge_requests_run_lint_and_test_only(snapshot: Path) -> None:
     listed = listed_jobs(snapshot, *MR_VARS)
     assert {row["stage"] for row in listed.values()} == LINT_TEST_STAGES
     assert {"pytest", "ruff", "mypy", "hadolint", "shellcheck", "yamllint", "terraform"} <= set(listed)
 
 
+@pytest.mark.slow
 def test_feature_branch_runs_lint_and_test_only(snapshot: Path) -> None:
     listed = listed_jobs(snapshot, "--variable", "CI_COMMIT_BRANCH=feature/x")
     assert {row["stage"] for row in listed.values()} == LINT_TEST_STAGES
 
 
+@pytest.mark.slow
 def test_default_branch_builds_scans_smokes_and_deploys(snapshot: Path) -> None:
     listed = listed_jobs(snapshot)
     assert list(ci()["stages"]) == ["lint", "test", "build", "scan", "smoke", "deploy"]
@@ -267,6 +220,7 @@ def test_default_branch_builds_scans_smokes_and_deploys(snapshot: Path) -> None:
         assert listed[name]["when"] == "on_success", name
 
 
+@pytest.mark.slow
 def test_tags_deploy_production_manually_and_never_staging(snapshot: Path) -> None:
     listed = listed_jobs(snapshot, *TAG_VARS)
     assert "deploy-staging" not in listed
@@ -274,6 +228,7 @@ def test_tags_deploy_production_manually_and_never_staging(snapshot: Path) -> No
     assert "build-image" in listed and "smoke" in listed
 
 
+@pytest.mark.slow
 def test_jobs_run_locally_in_shell_mode(snapshot: Path) -> None:
     proc = gcl(snapshot, "--force-shell-executor", "version", "yamllint", "shellcheck")
     out = proc.stdout + proc.stderr
@@ -285,6 +240,7 @@ def test_jobs_run_locally_in_shell_mode(snapshot: Path) -> None:
     assert re.search(r"\b\d+\.\d+\.\d+\+build\.\d+\b", out) and re.search(r"\b\d+\.\d+\.\d+-build\.\d+\b", out)
 
 
+@pytest.mark.slow
 def test_local_jobs_fail_on_bad_input(tmp_path: Path) -> None:
     # A minimal tree (the pipeline file, lint config, version files) plus one broken shell script and one
     # broken YAML file: each local job must fail on it, so a PASS above means something.
@@ -316,11 +272,25 @@ def test_local_jobs_fail_on_bad_input(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- structure
+# Jobs as GitLab sees them: gitlab-ci-local's --preview (`extends:` merged, `!reference` resolved).
 
 
-def test_pytest_job_uses_postgres_service_and_publishes_reports() -> None:
-    config = ci()
-    job = resolved(config, "pytest")
+@pytest.fixture(scope="module")
+def preview(snapshot: Path) -> dict[str, Any]:
+    proc = gcl(snapshot, "--preview")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data: dict[str, Any] = yaml.safe_load(proc.stdout)
+    return data
+
+
+def jobs(pipeline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    reserved = {"workflow", "stages", "variables", "default", "include", "image", "services", "cache"}
+    return {k: v for k, v in pipeline.items() if not k.startswith(".") and k not in reserved}
+
+
+@pytest.mark.slow
+def test_pytest_job_uses_postgres_service_and_publishes_reports(preview: dict[str, Any]) -> None:
+    job = preview["pytest"]
     services = [s if isinstance(s, str) else s["name"] for s in job["services"]]
     assert "postgres:15" in services
     alias = next(s.get("alias", "postgres") for s in job["services"] if not isinstance(s, str))
@@ -337,11 +307,11 @@ def test_pytest_job_uses_postgres_service_and_publishes_reports() -> None:
     assert re.search(job["coverage"].strip("/"), "TOTAL   1200    30    97.50%")
 
 
-def test_image_built_once_with_build_metadata_and_three_tags() -> None:
-    config = ci()
-    builders = [n for n, j in jobs(config).items() if "buildx build" in script_text(resolved(config, n))]
+@pytest.mark.slow
+def test_image_built_once_with_build_metadata_and_three_tags(preview: dict[str, Any]) -> None:
+    builders = [name for name, job in jobs(preview).items() if "buildx build" in script_text(job)]
     assert builders == ["build-image"]
-    script = script_text(resolved(config, "build-image"))
+    script = script_text(preview["build-image"])
     assert '--build-arg "BUILD_NUMBER=$CI_PIPELINE_IID"' in script
     assert '--build-arg "GIT_COMMIT=$CI_COMMIT_SHA"' in script
     assert '--build-arg "VERSION=$VERSION"' in script
@@ -349,11 +319,12 @@ def test_image_built_once_with_build_metadata_and_three_tags() -> None:
     for tag in ("$IMAGE_TAG", "$CI_COMMIT_SHORT_SHA", "$CI_COMMIT_REF_SLUG"):
         assert f'--tag "$CI_REGISTRY_IMAGE:{tag}"' in script
     assert "--cache-from" in script and "--cache-to" in script and "--push" in script
-    assert resolved(config, "build-image")["artifacts"]["reports"]["dotenv"] == "build.env"
+    assert preview["build-image"]["artifacts"]["reports"]["dotenv"] == "build.env"
 
 
-def test_smoke_runs_the_stack_through_traefik_and_tears_down() -> None:
-    job = resolved(ci(), "smoke")
+@pytest.mark.slow
+def test_smoke_runs_the_stack_through_traefik_and_tears_down(preview: dict[str, Any]) -> None:
+    job = preview["smoke"]
     script = script_text(job)
     assert "docker compose up -d --wait" in script
     assert "https://localhost/" in script and "--insecure" in script
@@ -363,10 +334,10 @@ def test_smoke_runs_the_stack_through_traefik_and_tears_down() -> None:
                for s in job["services"])  # fmt: skip
 
 
-def test_deploy_jobs_use_environments_ssh_and_the_repo_script() -> None:
-    config = ci()
+@pytest.mark.slow
+def test_deploy_jobs_use_environments_ssh_and_the_repo_script(preview: dict[str, Any]) -> None:
     for name, tier in (("deploy-staging", "staging"), ("deploy-production", "production")):
-        job = resolved(config, name)
+        job = preview[name]
         env = job["environment"]
         assert env["name"] == tier and env["url"].startswith("https://") and env["deployment_tier"] == tier
         script = script_text(job)
@@ -375,9 +346,9 @@ def test_deploy_jobs_use_environments_ssh_and_the_repo_script() -> None:
             assert f"${var}" in script or var in script
         assert "StrictHostKeyChecking=no" not in script
         assert job["resource_group"] == tier
-    staging = resolved(config, "deploy-staging")
+    staging = preview["deploy-staging"]
     assert all(rule.get("when", "on_success") != "manual" for rule in staging["rules"])
-    production = resolved(config, "deploy-production")
+    production = preview["deploy-production"]
     assert all(rule.get("when") == "manual" for rule in production["rules"])
 
 

@@ -66,7 +66,7 @@ for line in text.splitlines():
         if image.lower() not in stages and image != "scratch":
             if "@" in image:
                 sys.exit(f"FROM {image}: a digest cannot be reproduced by a locally made image; "
-                         "keep the digest in a comment (see docs/container-testing.md)")
+                         "pin the plain tag (see docs/container-testing.md)")
             name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
             parts = name.split("/")
             if len(parts) == 1:

@@ -721,7 +721,7 @@ def test_sigterm_drains_in_flight_requests_within_the_grace_period(migrated: Sta
     logs = app.logs()
     migrated.podman.remove(app.name)
 
-    assert elapsed < grace, f"podman stop took {elapsed:.1f}s, grace {grace}s: SIGTERM was not honoured"
+    # Not timed: a SIGTERM that was not honoured ends in podman's SIGKILL at the grace period, exit 137.
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']} (137 = SIGKILLed after the grace period)"
     in_flight = [o for o in outcomes if o.started < stop_at < o.finished]
     assert in_flight, "no request was in flight when the stop began: the drain was not exercised"

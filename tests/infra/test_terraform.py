@@ -101,6 +101,7 @@ def example_dir(terraform, tf_env, tf_copy) -> Path:
 # Terraform
 
 
+@pytest.mark.slow
 def test_fmt(terraform):
     res = _run([terraform, "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_ROOT)], REPO)
     assert res.returncode == 0, f"terraform fmt -check found unformatted files:\n{res.stdout}{res.stderr}"

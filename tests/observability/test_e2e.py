@@ -317,7 +317,7 @@ def test_losing_a_replica_fires_the_alert_and_restart_resolves_it(e2e: E2E) -> N
         15,
         "only Watchdog firing",
     )
-    started, since = time.monotonic(), time.time()
+    since = time.time()
     e2e.replicas[1].stop()
     _, fired_after = wait_for(
         lambda: hook.received("default", "AppReplicasBelowMinimum", "firing", since=since),
@@ -338,4 +338,3 @@ def test_losing_a_replica_fires_the_alert_and_restart_resolves_it(e2e: E2E) -> N
         "AppReplicasBelowMinimum resolved at the webhook",
     )
     print(f"replica alert: fired {fired_after:.1f}s after stop, resolved {resolved_after:.1f}s after restart")
-    assert time.monotonic() - started < 90

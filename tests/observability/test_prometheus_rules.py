@@ -71,6 +71,7 @@ def test_promtool_check_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_promtool_rule_unit_tests() -> None:
     assert TEST_FILES
     result = promtool("test", "rules", *map(str, TEST_FILES))

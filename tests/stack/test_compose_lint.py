@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .stackutil import (
     COMPOSE_FILES,
     DEV_COMPOSE,
@@ -53,6 +55,7 @@ def test_compose_files_match_the_compose_specification() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_dclint_reports_nothing() -> None:
     result = run(
         [

@@ -234,7 +234,7 @@ def test_image_command_serves_and_drains_gracefully(image: Image, pg_server: Pos
             return requests.get(base + "/healthz", timeout=1).status_code == 200
 
         wait_until(up, timeout=30, message="/healthz")
-        assert requests.get(base + "/healthz", timeout=2).json() == {"status": "ok"}
+        assert requests.get(base + "/healthz", timeout=10).json() == {"status": "ok"}
         assert requests.get(base + "/readyz", timeout=5).status_code == 200
         assert requests.get(base + "/", timeout=5).status_code == 200
         missing = requests.get(base + "/no-such-page", timeout=5)
@@ -290,7 +290,7 @@ def test_image_command_serves_and_drains_gracefully(image: Image, pg_server: Pos
             wait_until(blocked, timeout=15, message=f"{IN_FLIGHT} requests waiting on the lock")
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
-            wait_until(lambda: "Handling signal: term" in log_path.read_text(), timeout=5, message="SIGTERM handled")
+            wait_until(lambda: "Handling signal: term" in log_path.read_text(), timeout=15, message="SIGTERM handled")
             # A request arriving now must not be served by a draining worker (Traefik retries it elsewhere).
             late: list[Any] = []
             late_thread = threading.Thread(target=lambda: late.append(_late_request(base)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,11 +35,36 @@ def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
+# Picked below the kernel's ephemeral range: bind(0) and every outgoing connection on the machine take
+# their ports from that range, so a port found free there can be taken before the server binds it
+# ("Address already in use" under load, with many client connections open).
+_FIRST_PORT = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = (int(part) for part in handle.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux default
+    return low, high
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that nothing is bound to, outside the ephemeral range when there is room."""
+    low, high = _ephemeral_range()
+    ranges = [(_FIRST_PORT, low), (high + 1, 65536)]
+    ranges = [(a, b) for a, b in ranges if b - a >= 1000] or [(1024, 65536)]
+    for _ in range(200):
+        start, stop = random.choice(ranges)
+        port = random.randrange(start, stop)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
