@@ -15,11 +15,10 @@ import requests
 
 from app.db import DEAD_PEER_DETECTION
 from app.watchdog import WEDGED_EXIT_STATUS, RequestWatchdog
-from drills.native import child_pids
 from tests.conftest import make_config, migrated_app
 from tests.support.gunicorn import base_env, migrate, run_gunicorn
 from tests.support.postgres import PostgresServer
-from tests.support.procs import wait_until
+from tests.support.procs import child_pids, wait_until
 
 GUNICORN_TIMEOUT_S = 2
 
@@ -64,11 +63,6 @@ def own_postgres() -> Iterator[PostgresServer]:
         server.destroy()
 
 
-def _postgres_pids(pg: PostgresServer) -> list[int]:
-    postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-    return [postmaster, *child_pids(postmaster)]
-
-
 @pytest.mark.slow
 def test_worker_wedged_on_a_frozen_database_is_replaced(own_postgres: PostgresServer, tmp_path: Path) -> None:
     url = own_postgres.create_database("tally")
@@ -79,7 +73,7 @@ def test_worker_wedged_on_a_frozen_database_is_replaced(own_postgres: PostgresSe
     try:
         assert requests.get(server.url + "/", timeout=10).status_code == 200
         [worker] = child_pids(server.process.pid)
-        frozen = _postgres_pids(own_postgres)
+        frozen = own_postgres.pids()
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         try:

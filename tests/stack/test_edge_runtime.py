@@ -132,7 +132,7 @@ def edge(tmp_path: Path, replicas: int = 2) -> Iterator[Edge]:
         wait_until(lambda: traefik is not None and traefik.servers_up() == replicas, 30, message="every replica up")
         yield stack
     finally:
-        for pid in _postgres_pids(pg) + [replica.process.pid for replica in started]:
+        for pid in _live_pids(pg) + [replica.process.pid for replica in started]:
             _signal_group(pid, signal.SIGCONT)
         if traefik is not None:
             traefik.stop()
@@ -141,26 +141,13 @@ def edge(tmp_path: Path, replicas: int = 2) -> Iterator[Edge]:
         pg.destroy()
 
 
+def _live_pids(pg: PostgresServer) -> list[int]:
+    return pg.pids() if (pg.data_dir / "postmaster.pid").exists() else []
+
+
 def _signal_group(pid: int, sig: int) -> None:
     with suppress(ProcessLookupError):
         os.killpg(pid, sig) if os.getpgid(pid) == pid else os.kill(pid, sig)
-
-
-def _postgres_pids(pg: PostgresServer) -> list[int]:
-    """The postmaster and every backend: what ``docker pause`` freezes."""
-    pid_file = pg.data_dir / "postmaster.pid"
-    if not pid_file.exists():
-        return []
-    postmaster = int(pid_file.read_text().split()[0])
-    children = [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and _parent(int(entry)) == postmaster]
-    return [postmaster, *children]
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 # ------------------------------------------------------------------------------------------ static
@@ -256,7 +243,7 @@ def test_frozen_database_is_answered_within_the_bound_and_recovers(tmp_path: Pat
     with edge(tmp_path) as stack:
         with Load(stack.traefik.url) as load:
             load.steady(40)
-            pids = _postgres_pids(stack.pg)
+            pids = stack.pg.pids()
             assert len(pids) > 2
             for pid in pids:
                 os.kill(pid, signal.SIGSTOP)

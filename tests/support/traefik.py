@@ -192,6 +192,3 @@ class Traefik:
 
     def servers_up(self) -> int:
         return sum(self.server_up().values())
-
-    def retries(self) -> int:
-        return int(sum(value for _labels, value in self.metric("traefik_service_retries_total")))
