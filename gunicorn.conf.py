@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import load_config_or_exit
+from app.watchdog import RequestWatchdog
 
 _config = load_config_or_exit()
 
@@ -35,6 +36,22 @@ worker_tmp_dir = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108
 proc_name = "tally"
 # gunicorn's control socket is one path per user ($HOME/.gunicorn); several instances would share it.
 control_socket_disable = True
+
+
+# gunicorn's timeout cannot see threads stuck in a request (app/watchdog.py): each worker watches its own.
+_watchdog = RequestWatchdog(_config.gunicorn_timeout)
+
+
+def post_worker_init(worker: Any) -> None:
+    _watchdog.watch()
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    _watchdog.begin(req)
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    _watchdog.end(req)
 
 
 def on_starting(server: Any) -> None:

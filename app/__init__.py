@@ -23,6 +23,7 @@ from .views import bp
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Visits are GETs; nothing legitimate sends a body, so refuse anything sizeable before reading it.
 MAX_REQUEST_BODY_BYTES = 16 * 1024
+BODYLESS_METHODS = frozenset({"GET", "HEAD"})
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +77,11 @@ def create_app(config: Config | None = None) -> Flask:
         # Checked before routing errors so an oversized upload is refused whatever its path or method.
         if (request.content_length or 0) > MAX_REQUEST_BODY_BYTES:
             abort(413)
+        # A GET or HEAD that announces a body is refused before it can count: the view never reads the body,
+        # so a malformed one (a bad chunk size) would otherwise be counted and then fail in the proxy, which
+        # is still sending it (a 5xx for a visit that was recorded).
+        if request.method in BODYLESS_METHODS and (request.content_length or "Transfer-Encoding" in request.headers):
+            abort(400, "A GET or HEAD request carries no body.")
 
     @app.after_request
     def _tag_response(response: Response) -> Response:

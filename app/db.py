@@ -8,6 +8,19 @@ from sqlalchemy import Engine, event
 
 from .config import Config
 
+# A database that vanished without closing its connections (host or container gone, network cut) would
+# leave a query waiting forever: the statement timeout is enforced by the server that is gone. Keepalives
+# find a dead peer of an idle or waiting connection in ~8 s, tcp_user_timeout one that stopped acknowledging
+# what we sent. (A server that is alive but frozen still acknowledges: Traefik's response timeout and the
+# worker watchdog bound that case, docs/reliability.md "Hung dependencies".)
+DEAD_PEER_DETECTION = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 8000,
+}
+
 
 def engine_options(config: Config) -> dict[str, Any]:
     if config.is_postgres:
@@ -20,6 +33,7 @@ def engine_options(config: Config) -> dict[str, Any]:
             "pool_recycle": 1800,
             "connect_args": {
                 "connect_timeout": config.db_connect_timeout,
+                **DEAD_PEER_DETECTION,
                 "application_name": "tally",
                 "options": f"-c statement_timeout={config.db_statement_timeout_ms}"
                 f" -c lock_timeout={config.db_statement_timeout_ms}",

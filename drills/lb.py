@@ -32,6 +32,9 @@ HAPROXY_BIN = "/usr/sbin/haproxy"
 # Traefik's documented defaults when a label is absent.
 TRAEFIK_DEFAULT_INTERVAL = "30s"
 TRAEFIK_DEFAULT_TIMEOUT = "5s"
+# serversTransport defaults: 30 s to dial, no response-header limit (haproxy needs one: 60 s, as before).
+TRAEFIK_DEFAULT_DIAL_TIMEOUT = "30s"
+HAPROXY_SERVER_TIMEOUT_WITHOUT_LIMIT = "60s"
 # Traefik load-balancing strategies and the haproxy algorithm that does the same thing.
 STRATEGIES = {"wrr": "roundrobin", "p2c": "random(2)"}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -59,6 +62,8 @@ class TraefikService:
     retry_attempts: int
     strategy: str
     source: str
+    dial_timeout_ms: int = 30_000
+    response_timeout_ms: int = 60_000
 
     @property
     def retries(self) -> int:
@@ -78,12 +83,28 @@ def _labels(compose_file: Path, service: str) -> dict[str, str]:
     return {key: _resolve(value) for key, value in raw.items()}
 
 
-def _middlewares(dynamic_dir: Path) -> dict[str, dict[str, Any]]:
+def _dynamic(dynamic_dir: Path, kind: str) -> dict[str, dict[str, Any]]:
+    """Every ``http.<kind>`` entry (middlewares, serversTransports) of the file provider's directory."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(dynamic_dir.glob("*.y*ml")):
         doc = yaml.safe_load(path.read_text()) or {}
-        found.update((doc.get("http") or {}).get("middlewares") or {})
+        found.update((doc.get("http") or {}).get(kind) or {})
     return found
+
+
+def _middlewares(dynamic_dir: Path) -> dict[str, dict[str, Any]]:
+    return _dynamic(dynamic_dir, "middlewares")
+
+
+def _forwarding_timeouts(name: str | None, dynamic_dir: Path) -> dict[str, str]:
+    if not name:
+        return {}
+    transports = _dynamic(dynamic_dir, "serversTransports")
+    base = name.split("@", 1)[0]
+    if base not in transports:
+        raise ValueError(f"serversTransport {name!r} is not defined in {dynamic_dir}")
+    timeouts: dict[str, str] = transports[base].get("forwardingTimeouts") or {}
+    return timeouts
 
 
 def _expand(names: Sequence[str], middlewares: Mapping[str, dict[str, Any]], depth: int = 0) -> list[dict[str, Any]]:
@@ -127,6 +148,7 @@ def read_traefik_service(
         for key, value in labels.items()
         if key.startswith("traefik.http.routers.") and key.endswith(".service") and value == name
     }
+    timeouts = _forwarding_timeouts(labels.get(lb + "serverstransport"), dynamic_dir)
     attempts = 1
     for router in sorted(routers):
         chain = labels.get(f"traefik.http.routers.{router}.middlewares", "")
@@ -142,6 +164,8 @@ def read_traefik_service(
         retry_attempts=attempts,
         strategy=strategy,
         source=f"{_display(compose_file)} + {_display(dynamic_dir)}/",
+        dial_timeout_ms=go_duration_ms(timeouts.get("dialTimeout", TRAEFIK_DEFAULT_DIAL_TIMEOUT)),
+        response_timeout_ms=go_duration_ms(timeouts.get("responseHeaderTimeout", HAPROXY_SERVER_TIMEOUT_WITHOUT_LIMIT)),
     )
 
 
@@ -164,8 +188,11 @@ def render_config(
         health_timeout=f"{service.health_timeout_ms}ms",
         retry_attempts=service.retry_attempts,
         retries=service.retries,
+        dial_timeout=f"{service.dial_timeout_ms}ms",
+        response_timeout=f"{service.response_timeout_ms}ms",
         # Traefik retries transport errors that happen before a response started: refused or reset
-        # connections and connections closed without a response. Not timeouts (it has none by default).
+        # connections and connections closed without a response. Not response timeouts: that request
+        # reached a replica and may have been counted.
         retry_on="conn-failure empty-response" if service.retries else "none",
         servers=server_lines,
     )

@@ -8,7 +8,6 @@ Every process is started in its own session and stopped by PID in ``close`` (als
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -223,23 +222,6 @@ def _replicas_up(observability: ObservabilityStack) -> int:
     assert observability.prometheus is not None
     samples = observability.prometheus.samples('sum(up{job="tally-app"})')
     return int(float(samples[0]["value"][1])) if samples else 0
-
-
-def child_pids(parent: int) -> set[int]:
-    """Live children of ``parent`` (gunicorn workers of a master), read from /proc."""
-    children = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # Field 4 is the parent PID; the command name (field 2) may contain spaces, so split after ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z":
-            children.add(int(entry))
-    return children
 
 
 def get_ok(url: str, timeout: float = 5) -> bool:

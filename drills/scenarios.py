@@ -16,11 +16,11 @@ from pathlib import Path
 
 import requests
 
-from tests.support.procs import wait_until
+from tests.support.procs import child_pids, wait_until
 
 from . import badinput
 from .load import Load, LoadResult
-from .native import NativeStack, child_pids, get_ok
+from .native import NativeStack, get_ok
 from .report import DrillResult, Ledger, percent
 
 

@@ -206,6 +206,18 @@ def test_oversized_body_is_refused(client: FlaskClient, app: Flask) -> None:
     assert database_totals(app)["visits"] == 0
 
 
+def test_a_visit_with_a_body_is_refused_without_counting(client: FlaskClient, app: Flask) -> None:
+    # The view never reads a body, so one it cannot decode would be counted and then fail in the proxy.
+    chunked = client.get(
+        "/", headers={"Transfer-Encoding": "chunked"}, data=b"zz\r\n", environ_base={"REMOTE_ADDR": "1.2.3.4"}
+    )
+    assert chunked.status_code == 400
+    assert client.get("/", data=b"x", environ_base={"REMOTE_ADDR": "1.2.3.4"}).status_code == 400
+    assert client.head("/", data=b"x").status_code == 400
+    assert database_totals(app)["visits"] == 0
+    assert client.get("/", headers={"Content-Length": "0"}, environ_base={"REMOTE_ADDR": "1.2.3.4"}).status_code == 200
+
+
 def test_request_id_is_echoed_or_generated(client: FlaskClient) -> None:
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     generated = client.get("/healthz", headers={"X-Request-ID": "bad id <x>"}).headers["X-Request-ID"]

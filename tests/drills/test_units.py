@@ -43,6 +43,10 @@ def test_haproxy_mirrors_the_traefik_service_of_the_app(tmp_path: Path) -> None:
     assert "balance roundrobin" in config
     assert f"retries {service.retry_attempts - 1}" in config and "option redispatch 1" in config
     assert "retry-on conn-failure empty-response" in config
+    transport = yaml.safe_load((REPO_ROOT / "traefik" / "dynamic" / "transport.yml").read_text())
+    timeouts = transport["http"]["serversTransports"]["tally"]["forwardingTimeouts"]
+    assert f"timeout connect {lb.go_duration_ms(timeouts['dialTimeout'])}ms" in config
+    assert f"timeout server {lb.go_duration_ms(timeouts['responseHeaderTimeout'])}ms" in config
     # Client-supplied X-Forwarded-For is dropped before the real peer is appended, as Traefik does.
     assert config.index("del-header X-Forwarded-For") < config.index("option forwardfor")
     (tmp_path / "haproxy.cfg").write_text(config)
@@ -61,10 +65,14 @@ def test_the_mirror_follows_changes_to_the_traefik_config(tmp_path: Path) -> Non
     middlewares = yaml.safe_load((REPO_ROOT / "traefik" / "dynamic" / "middlewares.yml").read_text())
     middlewares["http"]["middlewares"]["tally-chain"]["chain"]["middlewares"].remove("retry")
     (dynamic / "middlewares.yml").write_text(yaml.safe_dump(middlewares))
+    (dynamic / "transport.yml").write_text(
+        yaml.safe_dump({"http": {"serversTransports": {"tally": {"forwardingTimeouts": {"dialTimeout": "250ms"}}}}})
+    )
 
     service = lb.read_traefik_service(tmp_path / "app.yaml", dynamic)
     config = render(service, tmp_path)
     assert "inter 90000ms downinter 1000ms" in config
+    assert "timeout connect 250ms" in config and "timeout server 60000ms" in config
     assert "retries 0" in config and "retry-on none" in config
 
 

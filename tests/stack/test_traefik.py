@@ -270,3 +270,28 @@ def test_socket_proxy_is_read_only_and_allow_listed() -> None:
     on_socket = {n for n, s in model["services"].items() if "socket" in (s.get("networks") or {})} - {"socket-proxy"}
     assert clients == on_socket
     assert Path("/var/run/docker.sock") in {Path(v["source"]) for v in proxy["volumes"]}
+
+
+def test_ports_are_published_where_traefik_sees_the_real_client(model: dict[str, Any]) -> None:
+    # A port published on IPv6 into an IPv4-only network goes through Docker's userland proxy: every IPv6
+    # visitor would arrive as the gateway address. Publish on IPv4 only unless the edge network has IPv6.
+    edge = model["networks"]["edge"]
+    for port in model["services"]["traefik"]["ports"]:
+        if not edge.get("enable_ipv6"):
+            assert port.get("host_ip") == "0.0.0.0", port
+
+
+FORWARDING_TIMEOUT_KEYS = {"dialTimeout", "responseHeaderTimeout", "idleConnTimeout", "readIdleTimeout", "pingTimeout"}
+
+
+def test_app_service_uses_a_defined_transport_with_timeouts(model: dict[str, Any]) -> None:
+    transports: dict[str, Any] = {}
+    for path in DYNAMIC:
+        transports.update(((load_yaml(path) or {}).get("http") or {}).get("serversTransports") or {})
+    name = model["services"]["app"]["labels"]["traefik.http.services.tally.loadbalancer.serverstransport"]
+    base, _, provider = name.partition("@")
+    assert provider == "file" and base in transports, name
+    timeouts = transports[base]["forwardingTimeouts"]
+    # Traefik ignores unknown keys silently: a typo would bring back the 30 s dial and no response timeout.
+    assert set(timeouts) <= FORWARDING_TIMEOUT_KEYS, set(timeouts) - FORWARDING_TIMEOUT_KEYS
+    assert {"dialTimeout", "responseHeaderTimeout", "idleConnTimeout"} <= set(timeouts)

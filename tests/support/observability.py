@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,7 +407,7 @@ def start_webhook_logger(workdir: Path) -> WebhookLogger:
     return WebhookLogger(**vars(service))
 
 
-def start_alertmanager(workdir: Path, config: Mapping[str, Any]) -> Alertmanager:
+def start_alertmanager(workdir: Path, config: Mapping[str, Any], extra_args: Sequence[str] = ()) -> Alertmanager:
     require_binary(ALERTMANAGER_BIN)
     directory = workdir / "alertmanager"
     directory.mkdir(parents=True, exist_ok=True)
@@ -422,6 +422,7 @@ def start_alertmanager(workdir: Path, config: Mapping[str, Any]) -> Alertmanager
             f"--storage.path={directory / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",  # single instance: no gossip port
+            *extra_args,
         ],
         port,
         workdir,
@@ -430,7 +431,9 @@ def start_alertmanager(workdir: Path, config: Mapping[str, Any]) -> Alertmanager
     return Alertmanager(**vars(service))
 
 
-def start_prometheus(workdir: Path, config: Mapping[str, Any], *, port: int | None = None) -> Prometheus:
+def start_prometheus(
+    workdir: Path, config: Mapping[str, Any], *, port: int | None = None, extra_args: Sequence[str] = ()
+) -> Prometheus:
     require_binary(PROMETHEUS_BIN)
     directory = workdir / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
@@ -451,6 +454,7 @@ def start_prometheus(workdir: Path, config: Mapping[str, Any], *, port: int | No
             "--storage.tsdb.retention.time=1h",
             # Firing alerts are re-sent at most this often; the default (1m) would slow the test.
             "--rules.alert.resend-delay=1s",
+            *extra_args,
         ],
         port,
         workdir,

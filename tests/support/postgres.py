@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 from sqlalchemy.engine import make_url
 
-from .procs import free_port, wait_until
+from .procs import child_pids, free_port, wait_until
 
 PG_BIN_CANDIDATES = (Path("/usr/lib/postgresql/15/bin"),)
 SUPERUSER = "postgres"
@@ -148,6 +148,11 @@ class PostgresServer(_Admin):
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children, every backend included: what ``docker pause`` freezes."""
+        postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        return [postmaster, *sorted(child_pids(postmaster))]
 
     def accepting(self) -> bool:
         try:

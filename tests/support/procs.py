@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -91,3 +92,20 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15, sig: int
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def child_pids(parent: int) -> set[int]:
+    """Live children of ``parent`` (gunicorn workers of a master), read from /proc."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Field 4 is the parent PID; the command name (field 2) may contain spaces, so split after ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z":
+            children.add(int(entry))
+    return children

