@@ -1,0 +1,279 @@
+"""Point-in-time recovery on a real PostgreSQL 15: the sidecar streams the WAL (pg_receivewal through a
+replication slot) and takes base backups; the drills destroy the data directory or go back in time and
+count what comes back. Visits are recorded with the app's own statement (app.counting.record_visit) and
+count as acknowledged once it returned.
+
+The RPO drill prints its figures (acknowledged visits lost, age of the oldest one lost); it asserts
+only what must hold: nothing acknowledged before the last WAL the sidecar confirmed is lost, and
+nothing that was never acknowledged appears."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from app.counting import record_visit
+from tests.support.gunicorn import migrate
+from tests.support.postgres import SUPERUSER, PostgresServer
+from tests.support.procs import free_port, stop_process, wait_until
+
+from .conftest import BIN, summary
+
+pytestmark = pytest.mark.slow
+
+
+def as_postgres() -> dict[str, object]:
+    """initdb/pg_ctl/postgres refuse root: the sidecar commands run as the data directory's owner."""
+    return {"user": SUPERUSER, "group": SUPERUSER, "extra_groups": []} if os.geteuid() == 0 else {}
+
+
+@dataclass
+class Writer:
+    """Records visits continuously from a thread; every acknowledged one is timestamped."""
+
+    url: str
+    acked: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        engine = create_engine(self.url, pool_size=1, max_overflow=0)
+        try:
+            while not self.stop.is_set():
+                try:
+                    record_visit(engine, bytes([len(self.acked) % 40]) * 32)
+                except Exception:  # noqa: BLE001 - the database is being killed under it
+                    return
+                self.acked.append(time.time())
+        finally:
+            engine.dispose()
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int) -> None:
+        wait_until(lambda: len(self.acked) >= count, timeout=60, message=f"{count} acknowledged visits")
+
+    def finish(self) -> int:
+        self.stop.set()
+        assert self.thread is not None
+        self.thread.join(timeout=30)
+        return len(self.acked)
+
+
+@dataclass
+class Cluster:
+    server: PostgresServer
+    backup_dir: Path
+    env: dict[str, str]
+    scheduler: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url("tally")
+
+    def run(self, command: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / command), *args],
+            env=self.env | env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            **as_postgres(),  # type: ignore[arg-type]
+        )
+
+    def start_scheduler(self) -> None:
+        self.scheduler = subprocess.Popen(
+            [str(BIN / "backup-scheduler")],
+            env=self.env | {"BACKUP_SCHEDULE": "off"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            **as_postgres(),  # type: ignore[arg-type]
+        )
+        wait_until(lambda: self.metric("tally_backup_wal_streaming") == 1, timeout=60, message="WAL streaming")
+
+    def stop_scheduler(self) -> None:
+        assert self.scheduler is not None
+        self.scheduler.send_signal(signal.SIGTERM)
+        self.scheduler.wait(timeout=30)
+        self.scheduler = None
+
+    def metric(self, name: str) -> float | None:
+        path = self.backup_dir / "metrics" / "tally_backup.prom"
+        text = path.read_text() if path.exists() else ""
+        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else None
+
+    def sql(self, statement: str) -> list[tuple[object, ...]]:
+        return self.server.execute(statement, "tally")
+
+    def counts(self) -> tuple[int, int]:
+        row = self.sql("SELECT count(*), coalesce(sum(visits), 0) FROM visitors")[0]
+        return int(str(row[0])), int(str(row[1]))
+
+    def wait_streamed(self) -> None:
+        """Until the sidecar has flushed every byte of WAL the server has flushed now."""
+        target = self.sql("SELECT pg_current_wal_flush_lsn()")[0][0]
+        wait_until(
+            lambda: self.server.execute(
+                f"SELECT coalesce(bool_or(flush_lsn >= '{target}'), false) FROM pg_stat_replication"  # noqa: S608
+            )[0][0],
+            timeout=30,
+            message="WAL streamed to the sidecar",
+        )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    # The drill's server acknowledges a commit only once it is flushed, as production does.
+    server = PostgresServer.create(max_connections=40, extra_settings=("synchronous_commit=on", "full_page_writes=on"))
+    backup_dir = Path(tempfile.mkdtemp(prefix="tally-pitr-"))
+    try:
+        result = migrate(server.create_database("tally"), tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        if os.geteuid() == 0:
+            shutil.chown(backup_dir, SUPERUSER, SUPERUSER)
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("PG", "BACKUP_", "AWS_"))}
+        env.update(
+            PATH=f"{server.bin_dir}:{env.get('PATH', '/usr/bin:/bin')}",
+            HOME=str(backup_dir),
+            PGHOST="127.0.0.1",
+            PGPORT=str(server.port),
+            PGUSER=SUPERUSER,
+            PGDATABASE="tally",
+            PGDATA=str(server.data_dir),
+            BACKUP_DIR=str(backup_dir / "backups"),
+            BACKUP_PREFIX="tally",
+            BACKUP_LOCK_WAIT="5",
+            BACKUP_WAL_CHECK_INTERVAL="1",
+            BACKUP_RECOVERY_PORT=str(free_port()),
+            BACKUP_HEARTBEAT_FILE=str(backup_dir / "heartbeat"),
+        )
+        cluster = Cluster(server=server, backup_dir=backup_dir / "backups", env=env)
+        yield cluster
+        if cluster.scheduler is not None:
+            stop_process(cluster.scheduler)  # type: ignore[arg-type]
+    finally:
+        server.destroy()
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+def test_rpo_drill_data_directory_lost_under_load_restores_to_the_latest_point(cluster: Cluster) -> None:
+    cluster.start_scheduler()
+    writer = Writer(cluster.url)
+    writer.start()
+    writer.wait_for(50)
+    base = cluster.run("backup-base")
+    assert base.returncode == 0, base.stdout + base.stderr
+    writer.wait_for(len(writer.acked) + 200)
+
+    # Everything acknowledged up to here is in WAL the sidecar has confirmed.
+    confirmed = len(writer.acked)
+    cluster.wait_streamed()
+    writer.wait_for(confirmed + 200)
+
+    # The host dies under load: no shutdown, the data directory is gone.
+    cluster.server.stop("immediate")
+    killed_at = time.time()
+    acknowledged = writer.finish()
+    shutil.rmtree(cluster.server.data_dir)
+    cluster.stop_scheduler()
+
+    restored = cluster.run("restore", "--to", "latest", "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    line = summary(restored, "restore")
+    assert line.startswith("restore: OK kind=pitr") and "previous=none" in line
+    cluster.server.start()
+    _, visits = cluster.counts()
+
+    lost = acknowledged - visits
+    oldest_lost_age = killed_at - writer.acked[visits] if lost > 0 else 0.0
+    print(
+        f"\nRPO drill: acknowledged={acknowledged} restored={visits} lost={lost} "
+        f"oldest_lost_acknowledged={oldest_lost_age:.1f}s_before_the_kill"
+    )
+    assert confirmed <= visits <= acknowledged, (confirmed, visits, acknowledged)
+    assert f"visits={visits} " in line
+
+    # The sidecar streams the new timeline from the restored server, slot recreated.
+    cluster.start_scheduler()
+    after = Writer(cluster.url)
+    after.start()
+    after.wait_for(20)
+    after.finish()
+    cluster.wait_streamed()
+
+
+def test_restore_to_a_timestamp_shows_the_counts_as_they_were(cluster: Cluster) -> None:
+    cluster.start_scheduler()
+    writer = Writer(cluster.url)
+    writer.start()
+    writer.wait_for(100)
+    writer.finish()
+    first = cluster.run("backup-base", BACKUP_BASE_KEEP="1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    Writer_second = Writer(cluster.url)
+    Writer_second.start()
+    Writer_second.wait_for(50)
+    Writer_second.finish()
+    second = cluster.run("backup-base", BACKUP_BASE_KEEP="1")
+    assert second.returncode == 0, second.stdout + second.stderr
+
+    # Retention: one base backup kept, and no archived WAL older than the one it starts from.
+    bases = sorted(p.name for p in (cluster.backup_dir / "base").iterdir() if p.is_dir())
+    kept = re.search(r"name=(\S+)", summary(second, "backup-base"))
+    assert kept and bases == [kept.group(1)]
+    start = re.search(r"start_wal=(\S+)", summary(second, "backup-base"))
+    assert start
+    archived = [p.name for p in (cluster.backup_dir / "wal" / "archive").iterdir() if len(p.name) == 24]
+    assert all(name[8:] >= start.group(1)[8:] for name in archived), (archived, start.group(1))
+
+    then = Writer(cluster.url)
+    then.start()
+    then.wait_for(150)
+    then.finish()
+    counts_then = cluster.counts()
+    moment = str(
+        cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')")[0][0]
+    )
+    later = Writer(cluster.url)
+    later.start()
+    later.wait_for(150)
+    later.finish()
+    assert cluster.counts() != counts_then
+    cluster.wait_streamed()
+
+    refused = cluster.run("restore", "--to", moment, "--yes")
+    assert refused.returncode == 75 and "stop the backup service first" in summary(refused, "restore")
+    cluster.stop_scheduler()
+    running = cluster.run("restore", "--to", moment, "--yes")
+    assert running.returncode == 2 and "is running: stop it first" in summary(running, "restore")
+    assert cluster.counts() != counts_then
+
+    cluster.server.stop("fast")
+    restored = cluster.run("restore", "--to", moment, "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    line = summary(restored, "restore")
+    assert f"target={moment} " in line and "pre-restore-" in line
+    assert f"visitors={counts_then[0]} visits={counts_then[1]} " in line
+    cluster.server.start()
+    assert cluster.counts() == counts_then
+
+    too_early = cluster.run("restore", "--to", "2020-01-01 00:00:00+00", "--yes")
+    assert too_early.returncode in (1, 2)
