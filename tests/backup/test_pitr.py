@@ -30,6 +30,7 @@ from tests.support.postgres import SUPERUSER, PostgresServer
 from tests.support.procs import free_port, stop_process, wait_until
 
 from .conftest import BIN, summary
+from .test_offsite import FAKE_AWS
 
 pytestmark = pytest.mark.slow
 
@@ -277,3 +278,60 @@ def test_restore_to_a_timestamp_shows_the_counts_as_they_were(cluster: Cluster) 
 
     too_early = cluster.run("restore", "--to", "2020-01-01 00:00:00+00", "--yes")
     assert too_early.returncode in (1, 2)
+
+
+def test_offsite_copy_of_base_backups_and_wal_restores_on_a_new_host(cluster: Cluster) -> None:
+    """Everything travels age-encrypted through (a fake) S3; a new host with an empty volume fetches
+    the base backup and the WAL and restores to the last complete segment."""
+    work = cluster.backup_dir.parent  # reachable by the postgres user the commands run as
+    bin_dir, s3 = work / "fakebin", work / "s3"
+    for folder in (bin_dir, s3):
+        folder.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(folder, SUPERUSER, SUPERUSER)
+    (bin_dir / "aws").write_text(FAKE_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    identity, recipient = work / "identity.txt", work / "recipient.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient.write_text(
+        subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True).stdout
+    )
+    for path in (identity, recipient):
+        path.chmod(0o644)
+    cluster.env |= {
+        "PATH": f"{bin_dir}:{cluster.env['PATH']}",
+        "FAKE_S3": str(s3),
+        "BACKUP_S3_BUCKET": "tally-backups",
+        "BACKUP_AGE_RECIPIENT_FILE": str(recipient),
+    }
+    cluster.start_scheduler()
+    base = cluster.run("backup-base")
+    assert base.returncode == 0, base.stdout + base.stderr
+    assert "offsite=ok" in summary(base, "backup-base")
+    writer = Writer(cluster.url)
+    writer.start()
+    writer.wait_for(300)
+    writer.finish()
+    counts = cluster.counts()
+    # Only complete segments go offsite: close the current one and wait for its upload.
+    segment = str(cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+    wal = s3 / "tally-backups" / "tally" / "wal"
+    wait_until(lambda: (wal / f"{segment}.age").exists(), timeout=60, message=f"{segment} uploaded")
+    assert (wal / f"{segment}.age").read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert cluster.metric("tally_backup_wal_offsite_last_success_timestamp_seconds")
+    cluster.stop_scheduler()
+
+    # The whole host is gone: data directory and backup volume.
+    cluster.server.stop("immediate")
+    shutil.rmtree(cluster.server.data_dir)
+    shutil.rmtree(cluster.backup_dir)
+    new_host = {"BACKUP_AGE_IDENTITY_FILE": str(identity)}
+    fetched = cluster.run("backup-offsite", "fetch-base", "latest", **new_host)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    fetched = cluster.run("backup-offsite", "fetch-wal", **new_host)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert (cluster.backup_dir / "wal" / "archive" / segment).exists()
+    restored = cluster.run("restore", "--to", "latest", "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    cluster.server.start()
+    assert cluster.counts() == counts
