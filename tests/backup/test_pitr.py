@@ -335,3 +335,50 @@ def test_offsite_copy_of_base_backups_and_wal_restores_on_a_new_host(cluster: Cl
     assert restored.returncode == 0, restored.stdout + restored.stderr
     cluster.server.start()
     assert cluster.counts() == counts
+
+
+def test_the_stacks_pg_hba_lets_the_sidecar_replicate_over_the_network_with_its_password() -> None:
+    """postgres/pg_hba.conf on a real server, as the compose `tally` role with its password. A socat
+    relay connects from 127.0.0.3, standing for the backend network (the localhost lines are trust)."""
+    conf = Path(tempfile.mkdtemp(prefix="tally-hba-"))
+    conf.chmod(0o755)
+    hba = conf / "pg_hba.conf"
+    shutil.copy(BIN.parents[1] / "postgres" / "pg_hba.conf", hba)
+    hba.chmod(0o644)
+    server = PostgresServer.create(max_connections=20, extra_settings=(f"hba_file={hba}",))
+    relay_port = free_port()
+    relay = subprocess.Popen(
+        [
+            "socat",
+            f"TCP-LISTEN:{relay_port},bind=127.0.0.1,reuseaddr,fork",
+            f"TCP:127.0.0.1:{server.port},bind=127.0.0.3",
+        ],
+        start_new_session=True,
+    )
+    try:
+        server.execute("CREATE ROLE tally LOGIN SUPERUSER PASSWORD 'sidecar-secret'")
+        server.execute("CREATE ROLE visitor LOGIN REPLICATION PASSWORD 'other-secret'")
+
+        def connect(user: str, password: str, replication: bool = True) -> subprocess.CompletedProcess[str]:
+            dsn = f"host=127.0.0.1 port={relay_port} user={user} password={password} dbname=postgres"
+            return subprocess.run(
+                [str(server.bin_dir / "psql"), "-X", "-At", dsn + (" replication=true" if replication else "")]
+                + ["-c", "IDENTIFY_SYSTEM" if replication else "SELECT inet_client_addr()"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+
+        wait_until(lambda: connect("tally", "sidecar-secret", replication=False).returncode == 0, timeout=20)
+        assert connect("tally", "sidecar-secret", replication=False).stdout.strip() == "127.0.0.3"
+        allowed = connect("tally", "sidecar-secret")
+        assert allowed.returncode == 0, allowed.stderr
+        wrong_password = connect("tally", "guess")
+        assert wrong_password.returncode != 0 and "password authentication failed" in wrong_password.stderr
+        other_role = connect("visitor", "other-secret")
+        assert other_role.returncode != 0 and "no pg_hba.conf entry for replication" in other_role.stderr
+    finally:
+        stop_process(relay)  # type: ignore[arg-type]
+        server.destroy()
+        shutil.rmtree(conf, ignore_errors=True)
