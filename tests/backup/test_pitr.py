@@ -5,7 +5,7 @@ count as acknowledged once it returned.
 
 The RPO drill prints its figures (acknowledged visits lost, age of the oldest one lost); it asserts
 only what must hold: nothing acknowledged before the last WAL the sidecar confirmed is lost, and
-nothing that was never acknowledged appears."""
+nothing appears that was never sent."""
 
 from __future__ import annotations
 
@@ -128,6 +128,13 @@ class Cluster:
         row = self.sql("SELECT count(*), coalesce(sum(visits), 0) FROM visitors")[0]
         return int(str(row[0])), int(str(row[1]))
 
+    def visit(self, count: int) -> None:
+        """Records `count` visits, continuously, and returns once all are acknowledged."""
+        writer = Writer(self.url)
+        writer.start()
+        writer.wait_for(count)
+        writer.finish()
+
     def wait_streamed(self) -> None:
         """Until the sidecar has flushed every byte of WAL the server has flushed now."""
         target = self.sql("SELECT pg_current_wal_flush_lsn()")[0][0]
@@ -203,36 +210,29 @@ def test_rpo_drill_data_directory_lost_under_load_restores_to_the_latest_point(c
     cluster.server.start()
     _, visits = cluster.counts()
 
-    lost = acknowledged - visits
+    lost = max(acknowledged - visits, 0)
     oldest_lost_age = killed_at - writer.acked[visits] if lost > 0 else 0.0
     print(
         f"\nRPO drill: acknowledged={acknowledged} restored={visits} lost={lost} "
         f"oldest_lost_acknowledged={oldest_lost_age:.1f}s_before_the_kill"
     )
-    assert confirmed <= visits <= acknowledged, (confirmed, visits, acknowledged)
+    # The one visit in flight when the server died may be committed without its answer reaching the
+    # writer (a single connection: at most one).
+    assert confirmed <= visits <= acknowledged + 1, (confirmed, visits, acknowledged)
     assert f"visits={visits} " in line
 
     # The sidecar streams the new timeline from the restored server, slot recreated.
     cluster.start_scheduler()
-    after = Writer(cluster.url)
-    after.start()
-    after.wait_for(20)
-    after.finish()
+    cluster.visit(20)
     cluster.wait_streamed()
 
 
 def test_restore_to_a_timestamp_shows_the_counts_as_they_were(cluster: Cluster) -> None:
     cluster.start_scheduler()
-    writer = Writer(cluster.url)
-    writer.start()
-    writer.wait_for(100)
-    writer.finish()
+    cluster.visit(100)
     first = cluster.run("backup-base", BACKUP_BASE_KEEP="1")
     assert first.returncode == 0, first.stdout + first.stderr
-    Writer_second = Writer(cluster.url)
-    Writer_second.start()
-    Writer_second.wait_for(50)
-    Writer_second.finish()
+    cluster.visit(50)
     second = cluster.run("backup-base", BACKUP_BASE_KEEP="1")
     assert second.returncode == 0, second.stdout + second.stderr
 
@@ -245,18 +245,12 @@ def test_restore_to_a_timestamp_shows_the_counts_as_they_were(cluster: Cluster) 
     archived = [p.name for p in (cluster.backup_dir / "wal" / "archive").iterdir() if len(p.name) == 24]
     assert all(name[8:] >= start.group(1)[8:] for name in archived), (archived, start.group(1))
 
-    then = Writer(cluster.url)
-    then.start()
-    then.wait_for(150)
-    then.finish()
+    cluster.visit(150)
     counts_then = cluster.counts()
     moment = str(
         cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00')")[0][0]
     )
-    later = Writer(cluster.url)
-    later.start()
-    later.wait_for(150)
-    later.finish()
+    cluster.visit(150)
     assert cluster.counts() != counts_then
     cluster.wait_streamed()
 
@@ -308,10 +302,7 @@ def test_offsite_copy_of_base_backups_and_wal_restores_on_a_new_host(cluster: Cl
     base = cluster.run("backup-base")
     assert base.returncode == 0, base.stdout + base.stderr
     assert "offsite=ok" in summary(base, "backup-base")
-    writer = Writer(cluster.url)
-    writer.start()
-    writer.wait_for(300)
-    writer.finish()
+    cluster.visit(300)
     counts = cluster.counts()
     # Only complete segments go offsite: close the current one and wait for its upload.
     segment = str(cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
