@@ -97,10 +97,10 @@ class Cluster:
             **as_postgres(),  # type: ignore[arg-type]
         )
 
-    def start_scheduler(self) -> None:
+    def start_scheduler(self, schedule: str = "off") -> None:
         self.scheduler = subprocess.Popen(
             [str(BIN / "backup-scheduler")],
-            env=self.env | {"BACKUP_SCHEDULE": "off"},
+            env=self.env | {"BACKUP_SCHEDULE": schedule},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -244,6 +244,10 @@ def test_restore_to_a_timestamp_shows_the_counts_as_they_were(cluster: Cluster) 
     assert start
     archived = [p.name for p in (cluster.backup_dir / "wal" / "archive").iterdir() if len(p.name) == 24]
     assert all(name[8:] >= start.group(1)[8:] for name in archived), (archived, start.group(1))
+    listed = cluster.run("backups")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert kept.group(1) in listed.stdout and "restore --to reaches back to" in listed.stdout
+    assert "; 1 base backups; " in summary(listed, "backups")
 
     cluster.visit(150)
     counts_then = cluster.counts()
@@ -298,10 +302,13 @@ def test_offsite_copy_of_base_backups_and_wal_restores_on_a_new_host(cluster: Cl
         "BACKUP_S3_BUCKET": "tally-backups",
         "BACKUP_AGE_RECIPIENT_FILE": str(recipient),
     }
-    cluster.start_scheduler()
-    base = cluster.run("backup-base")
-    assert base.returncode == 0, base.stdout + base.stderr
-    assert "offsite=ok" in summary(base, "backup-base")
+    # First start: the catch-up run takes the dump, verifies it, then the base backup, all copied offsite.
+    cluster.start_scheduler("30 2 * * *")
+    wait_until(lambda: cluster.metric("tally_backup_base_last_run_success") == 1, timeout=120, message="base backup")
+    assert cluster.metric("tally_backup_last_verify_success") == 1
+    assert cluster.metric("tally_backup_offsite_last_run_success") == 1
+    uploaded = sorted(p.name for p in (s3 / "tally-backups" / "tally" / "base").iterdir())
+    assert len(uploaded) == 2 and uploaded[0].endswith(".manifest") and uploaded[1].endswith(".tar.age")
     cluster.visit(300)
     counts = cluster.counts()
     # Only complete segments go offsite: close the current one and wait for its upload.
