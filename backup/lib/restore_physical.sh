@@ -78,5 +78,5 @@ restore_physical() {
   find "$WAL_STREAM" -maxdepth 1 -type f -exec mv -t "$WAL_ARCHIVE" {} +
   rm -rf "$sock"
   [[ -z $reasons ]] || die 1 "restored database $PGDATABASE breaks the counter invariants: $reasons"
-  summary "OK kind=pitr base=$base target=$to replayed_to=$replayed timeline=$timeline database=$PGDATABASE revision=${got[0]} visitors=${got[1]:-n/a} visits=${got[2]:-n/a} previous=$previous; start PostgreSQL now, then take a base backup (backup-base)"
+  summary "OK kind=pitr base=$base target=$to replayed_to=$replayed timeline=$timeline database=$PGDATABASE revision=${got[0]} visitors=${got[1]:-n/a} visits=${got[2]:-n/a} previous=$previous; start PostgreSQL, then the backup sidecar (it takes a base backup of the new timeline)"
 }
