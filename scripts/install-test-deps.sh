@@ -13,6 +13,7 @@ APT_PACKAGES=(
   shellcheck chromium fonts-dejavu-core
   podman runc debootstrap uidmap slirp4netns netavark iptables
   haproxy wrk age socat rsync jq curl iproute2 git
+  python3-croniter
 )
 
 missing=()

@@ -16,7 +16,8 @@
 : "${PG_RESTORE:=pg_restore}"
 export PGDATABASE PGUSER
 
-METRICS_DIR="$BACKUP_DIR/metrics"
+# node_exporter's textfile directory (compose: a volume of its own, read-only in node-exporter).
+METRICS_DIR=${BACKUP_METRICS_DIR:-$BACKUP_DIR/metrics}
 TMP_DIR="$BACKUP_DIR/.tmp"
 LOCK_FILE="$BACKUP_DIR/.lock"
 NAME_RE="^${BACKUP_PREFIX}-[0-9]{8}T[0-9]{6}Z$"
@@ -240,6 +241,19 @@ metrics_render() {
     metric schedule_interval_seconds "Nominal seconds between scheduled backups (0 = no schedule)." "${state[schedule_interval_seconds]:-}"
     metric files "Backups retained in the backup directory." "$files"
     metric files_bytes "Bytes used by retained dumps." "$bytes"
+    metric pitr_enabled "1 if continuous WAL archiving and base backups are on." "${state[pitr_enabled]:-}"
+    metric base_last_success_timestamp_seconds "Unix time the last successful base backup finished (0 = never)." "${state[base_last_success_timestamp_seconds]:-$([[ ${state[pitr_enabled]:-0} == 1 ]] && echo 0)}"
+    metric base_last_duration_seconds "Wall time of the last successful base backup." "${state[base_last_duration_seconds]:-}"
+    metric base_last_size_bytes "Size of the last successful base backup." "${state[base_last_size_bytes]:-}"
+    metric base_last_run_success "1 if the last base backup run succeeded, 0 if it failed." "${state[base_last_run_success]:-}"
+    metric base_bytes "Bytes used by retained base backups." "${state[base_bytes]:-}"
+    metric wal_streaming "1 if pg_receivewal is streaming through its replication slot." "${state[wal_streaming]:-}"
+    metric wal_lag_bytes "WAL the server has written that the archive has not flushed yet." "${state[wal_lag_bytes]:-}"
+    metric wal_check_timestamp_seconds "Unix time the WAL archiving state was last checked." "${state[wal_check_timestamp_seconds]:-}"
+    metric wal_last_streaming_timestamp_seconds "Unix time the archive was last seen streaming and caught up to within one segment." "${state[wal_last_streaming_timestamp_seconds]:-}"
+    metric wal_archive_files "WAL segments and history files in the archive." "${state[wal_archive_files]:-}"
+    metric wal_archive_bytes "Bytes used by the WAL archive." "${state[wal_archive_bytes]:-}"
+    metric wal_offsite_last_success_timestamp_seconds "Unix time the last WAL segment was copied offsite." "${state[wal_offsite_last_success_timestamp_seconds]:-}"
   } >"$tmp"
   mv -f "$tmp" "$METRICS_PROM"
 }

@@ -163,6 +163,8 @@ def sidecar(pg_server: PostgresServer, backup_template: str, tmp_path: Path) -> 
         BACKUP_PREFIX="tally",
         BACKUP_LOCK_WAIT="5",
         BACKUP_HEARTBEAT_FILE=str(tmp_path / "heartbeat"),
+        # WAL streaming needs a server of its own (test_pitr.py): never a slot on the shared one.
+        BACKUP_PITR="false",
     )
     yield Sidecar(server=pg_server, database=database, backup_dir=backup_dir, env=env)
     rows = pg_server.execute(f"SELECT datname FROM pg_database WHERE datname LIKE '{database}%'")  # noqa: S608

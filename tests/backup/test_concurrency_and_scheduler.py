@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.support.procs import free_port, port_open, stop_process, wait_until
+from tests.support.procs import stop_process, wait_until
 
 from .conftest import Sidecar, summary
 
@@ -74,35 +73,53 @@ def test_busy_lock_is_reported_without_touching_the_database(sidecar: Sidecar) -
     ("schedule", "now", "expected"),
     [
         (
-            "daily@02:30",
+            "30 2 * * *",
             "2026-03-31T01:00:00Z",
             ["2026-03-31T02:30:00Z", "2026-04-01T02:30:00Z", "2026-04-02T02:30:00Z"],
         ),
         (
-            "daily@02:30",
+            "30 2 * * *",
             "2026-03-31T02:30:00Z",
             ["2026-04-01T02:30:00Z", "2026-04-02T02:30:00Z", "2026-04-03T02:30:00Z"],
         ),
-        ("hourly", "2026-12-31T23:59:59Z", ["2027-01-01T00:00:00Z", "2027-01-01T01:00:00Z", "2027-01-01T02:00:00Z"]),
+        ("0 * * * *", "2026-12-31T23:59:59Z", ["2027-01-01T00:00:00Z", "2027-01-01T01:00:00Z", "2027-01-01T02:00:00Z"]),
+        (
+            "0 */6 * * *",
+            "2026-03-31T05:59:00Z",
+            ["2026-03-31T06:00:00Z", "2026-03-31T12:00:00Z", "2026-03-31T18:00:00Z"],
+        ),
+        # Weekdays only, and the day-of-week names cron knows.
+        (
+            "15 3 * * mon-fri",
+            "2026-12-04T04:00:00Z",
+            ["2026-12-07T03:15:00Z", "2026-12-08T03:15:00Z", "2026-12-09T03:15:00Z"],
+        ),
+        ("0 4 1 * *", "2026-01-31T00:00:00Z", ["2026-02-01T04:00:00Z", "2026-03-01T04:00:00Z", "2026-04-01T04:00:00Z"]),
+        # The shorthands of earlier versions still mean what they meant.
+        (
+            "daily@02:30",
+            "2026-03-31T01:00:00Z",
+            ["2026-03-31T02:30:00Z", "2026-04-01T02:30:00Z", "2026-04-02T02:30:00Z"],
+        ),
         ("hourly@15", "2026-03-31T10:20:00Z", ["2026-03-31T11:15:00Z", "2026-03-31T12:15:00Z", "2026-03-31T13:15:00Z"]),
         ("every:6h", "2026-03-31T05:59:00Z", ["2026-03-31T06:00:00Z", "2026-03-31T12:00:00Z", "2026-03-31T18:00:00Z"]),
         ("every:30m", "2026-03-31T10:00:00Z", ["2026-03-31T10:30:00Z", "2026-03-31T11:00:00Z", "2026-03-31T11:30:00Z"]),
         ("off", "2026-03-31T10:00:00Z", ["off"]),
     ],
 )
-def test_schedule_formats(sidecar: Sidecar, schedule: str, now: str, expected: list[str]) -> None:
+def test_schedule_is_a_standard_cron_expression(sidecar: Sidecar, schedule: str, now: str, expected: list[str]) -> None:
     result = sidecar.run("backup-scheduler", "--print-next", "3", BACKUP_SCHEDULE=schedule, BACKUP_NOW=now)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == expected
 
 
-@pytest.mark.parametrize("schedule", ["daily@24:00", "daily", "every:1m", "every:0h", "weekly", "0 2 * * *"])
-def test_invalid_schedule_is_refused_with_the_accepted_formats(sidecar: Sidecar, schedule: str) -> None:
+@pytest.mark.parametrize("schedule", ["61 2 * * *", "0 2 * *", "0 2 * * * *", "weekly", "daily@24:00"])
+def test_invalid_schedule_is_refused_with_one_readable_line(sidecar: Sidecar, schedule: str) -> None:
     result = sidecar.run("backup-scheduler", "--print-next", "1", BACKUP_SCHEDULE=schedule)
     assert result.returncode == 2
     line = summary(result, "backup-scheduler")
     assert line.startswith(f"backup-scheduler: FAILED BACKUP_SCHEDULE={schedule}")
-    assert ("daily@HH:MM" in line) or ("below 5 minutes" in line)
+    assert "5-field cron expression" in line
 
 
 @pytest.mark.slow
@@ -110,38 +127,61 @@ def test_scheduler_catches_up_runs_the_drill_beats_and_stops_on_sigterm(sidecar:
     sidecar.seed(30)
     heartbeat = tmp_path / "heartbeat"
     # No backup yet: the scheduler backs up at once, then verifies it, then sleeps until 02:30.
-    port = str(free_port())
-    process = sidecar.popen("backup-scheduler", BACKUP_SCHEDULE="daily@02:30", BACKUP_METRICS_PORT=port)
+    process = sidecar.popen("backup-scheduler", BACKUP_SCHEDULE="30 2 * * *", BACKUP_WAL_CHECK_INTERVAL="1")
     try:
         wait_until(lambda: "tally_backup_last_verify_success" in sidecar.metrics(), timeout=60, message="drill")
         metrics = sidecar.metrics()
         assert metrics["tally_backup_last_verify_success"] == 1
         assert metrics["tally_backup_last_run_success"] == 1
         assert metrics["tally_backup_schedule_interval_seconds"] == 86400
+        assert metrics["tally_backup_pitr_enabled"] == 0
         assert len(sidecar.dumps()) == 1
 
-        # what Prometheus' `backup` job scrapes
-        response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-        assert response.status_code == 200
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        assert "tally_backup_last_verify_success 1\n" in response.text
-        assert requests.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
-
-        health = sidecar.run("backup-healthcheck", BACKUP_METRICS_PORT=port)
+        health = sidecar.run("backup-healthcheck")
         assert health.returncode == 0, health.stdout
-        unreachable = sidecar.run("backup-healthcheck", BACKUP_METRICS_PORT=str(free_port()))
-        assert unreachable.returncode == 1 and "metrics endpoint" in unreachable.stdout
+        # The textfile is rewritten while the scheduler lives: node_exporter never serves a stale one.
+        prom = sidecar.backup_dir / "metrics" / "tally_backup.prom"
+        old = time.time() - 600
+        os.utime(prom, (old, old))
+        wait_until(lambda: prom.stat().st_mtime > old + 60, timeout=30, message="textfile rewritten")
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)  # the deadline: without SIGTERM handling it would sleep until 02:30
     finally:
         stop_process(process)  # type: ignore[arg-type]
     assert process.returncode == 0
-    wait_until(lambda: not port_open(int(port)), timeout=10, message="metrics endpoint closed")
 
-    old = time.time() - 600
+    os.utime(prom, (old, old))
+    stale_metrics = sidecar.run("backup-healthcheck")
+    assert stale_metrics.returncode == 1 and "metrics textfile" in stale_metrics.stdout
     os.utime(heartbeat, (old, old))
     stale = sidecar.run("backup-healthcheck")
     assert stale.returncode == 1 and "heartbeat" in stale.stdout
+
+
+@pytest.mark.slow
+def test_catch_up_before_migrations_is_not_a_success_and_is_retried_soon(sidecar: Sidecar, tmp_path: Path) -> None:
+    """First `up`: the sidecar starts before `migrate` has created the schema (issue 14)."""
+    empty = sidecar.database + "_empty"
+    sidecar.sql(f'CREATE DATABASE "{empty}"', "postgres")
+    process = sidecar.popen(
+        "backup-scheduler", PGDATABASE=empty, BACKUP_SCHEDULE="30 2 * * *", BACKUP_RETRY_INTERVAL="1"
+    )
+    try:
+        wait_until(
+            lambda: sidecar.metrics().get("tally_backup_last_run_success") == 0, timeout=30, message="failed run"
+        )
+        assert sidecar.metrics()["tally_backup_last_success_timestamp_seconds"] == 0
+        assert sidecar.dumps() == []
+        # The migrations arrive: the retry (not the next 02:30) takes the first backup.
+        sidecar.sql(f'DROP DATABASE "{empty}" WITH (FORCE)', "postgres")
+        sidecar.sql(f'CREATE DATABASE "{empty}" TEMPLATE "{sidecar.database}"', "postgres")
+        wait_until(lambda: sidecar.metrics().get("tally_backup_last_verify_success") == 1, timeout=60, message="retry")
+    finally:
+        stop_process(process)  # type: ignore[arg-type]
+    out = process.stdout.read() if process.stdout else ""
+    err = process.stderr.read() if process.stderr else ""
+    assert "no schema yet" in out + err
+    assert len(sidecar.dumps()) == 1
 
 
 @pytest.mark.slow

@@ -146,4 +146,4 @@ def test_backups_lists_name_size_age_and_marks_latest(sidecar: Sidecar) -> None:
     assert newest[:2] == ["*", "tally-20260402T023000Z"] and newest[4] == "2h30m" and "ok" in newest
     assert older[0] == "tally-20260401T023000Z" and older[3] == "1d02h" and older[-1] == "never"
     assert newest[5].endswith("KiB")
-    assert summary(result, "backups").startswith("backups: 2 backups, ")
+    assert summary(result, "backups").startswith("backups: 2 dumps, ")

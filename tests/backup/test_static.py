@@ -27,7 +27,7 @@ COMMANDS = {
     "backup-healthcheck",
     "backup-prune",
     "backup-offsite",
-    "backup-metrics-http",
+    "backup-base",
 }
 
 
@@ -68,7 +68,7 @@ def test_image_is_the_servers_postgres_version_and_runs_the_scheduler_as_non_roo
     assert re.search(r"^CMD \[\]$", dockerfile, re.MULTILINE), "the base image's CMD would become an argument"
     assert "STOPSIGNAL SIGTERM" in dockerfile
     assert "HEALTHCHECK" in dockerfile and '"backup-healthcheck"' in dockerfile
-    for package in ("age", "awscli", "socat"):
+    for package in ("age", "awscli", "python3-croniter"):
         assert re.search(rf"apt-get install .*\b{package}\b", dockerfile), package
 
 
@@ -94,20 +94,65 @@ def test_compose_service_wiring() -> None:
     assert svc["environment"]["PGHOST"] == "postgres" and svc["environment"]["PGDATABASE"] == "tally"
     assert "backups:/backups" in svc["volumes"]
     assert "backups" in yaml.safe_load((REPO / "compose" / "backup.yaml").read_text())["volumes"]
-    assert sorted(svc["networks"]) == ["backend", "monitoring"]
+    assert sorted(svc["networks"]) == ["backend"]
     assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert svc["healthcheck"]["test"] == ["CMD", "backup-healthcheck"]
     assert svc["deploy"]["resources"]["limits"]["memory"]
     assert svc["init"] is True
 
 
-def test_prometheus_scrapes_the_port_the_sidecar_serves() -> None:
-    port = compose_service()["environment"]["BACKUP_METRICS_PORT"]
+def test_node_exporter_reads_the_textfile_the_sidecar_writes() -> None:
+    """The metrics reach Prometheus through node-exporter's textfile collector (job "node"): the
+    sidecar writes into a volume that node-exporter mounts read-only and names in its flags."""
+    svc = compose_service()
+    metrics_dir = svc["environment"]["BACKUP_METRICS_DIR"]
+    assert f"backup-metrics:{metrics_dir}" in svc["volumes"]
+    monitoring = yaml.safe_load((REPO / "compose" / "monitoring.yaml").read_text())["services"]["node-exporter"]
+    flag = next(a for a in monitoring["command"] if a.startswith("--collector.textfile.directory="))
+    assert f"backup-metrics:{flag.split('=', 1)[1]}:ro" in monitoring["volumes"]
     config = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    targets = [t for sc in jobs["backup"]["static_configs"] for t in sc["targets"]]
-    assert targets == [f"backup:{port}"]
-    assert jobs["backup"].get("metrics_path", "/metrics") == "/metrics"
+    assert "backup" not in jobs and jobs["node"]["static_configs"][0]["targets"] == ["node-exporter:9100"]
+    # The image creates the directory node-exporter's uid can read, so a fresh volume inherits it.
+    assert "install -d -o postgres -g postgres -m 0755 /metrics" in (BACKUP / "Dockerfile").read_text()
+    assert "socat" not in (BACKUP / "Dockerfile").read_text()
+
+
+def test_postgres_accepts_replication_from_the_sidecar() -> None:
+    """pg_receivewal/pg_basebackup connect over the backend network as PGUSER: the official image's
+    pg_hba.conf allows replication from localhost only, so compose points postgres at ours."""
+    postgres = yaml.safe_load((REPO / "compose" / "postgres.yaml").read_text())["services"]["postgres"]
+    command = postgres["command"]
+    hba = command[
+        command.index("hba_file=/etc/postgresql/pg_hba.conf") - 1 : command.index(
+            "hba_file=/etc/postgresql/pg_hba.conf"
+        )
+        + 1
+    ]
+    assert hba == ["-c", "hba_file=/etc/postgresql/pg_hba.conf"]
+    assert "../postgres/pg_hba.conf:/etc/postgresql/pg_hba.conf:ro" in postgres["volumes"]
+    user = compose_service()["environment"]["PGUSER"]
+    lines = [
+        line.split()
+        for line in (REPO / "postgres" / "pg_hba.conf").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert ["host", "replication", user, "all", "scram-sha-256"] in lines
+    # Password authentication for everything that is not local, as the image has it.
+    assert lines[-1] == ["host", "all", "all", "all", "scram-sha-256"]
+
+
+def test_point_in_time_restore_service_mounts_the_data_directory_and_never_starts_by_itself() -> None:
+    services = yaml.safe_load((REPO / "compose" / "backup.yaml").read_text())["services"]
+    pitr = services["restore-pitr"]
+    assert pitr["profiles"] == ["restore"]
+    assert pitr["entrypoint"] == ["restore"]
+    assert pitr["extends"] == {"file": "common.yaml", "service": "oneshot"}
+    data = yaml.safe_load((REPO / "compose" / "postgres.yaml").read_text())["services"]["postgres"]["volumes"][0]
+    assert data == f"postgres-data:{pitr['environment']['PGDATA']}"
+    assert data in pitr["volumes"] and "backups:/backups" in pitr["volumes"]
+    # The long-running sidecar never mounts the live data directory.
+    assert not any("postgres-data" in str(v) for v in services["backup"]["volumes"])
 
 
 def test_every_setting_the_scripts_read_is_documented() -> None:

@@ -37,7 +37,6 @@ JOBS = {
     "blackbox-https",
     "alertmanager",
     "prometheus",
-    "backup",
 }
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 

@@ -307,7 +307,7 @@ def test_config_file_urls_resolve_inside_the_stack(model: dict[str, Any]) -> Non
         for hook in receiver.get("webhook_configs", []):
             host = re.match(r"https?://([^/:]+)", hook["url"]).group(1)  # type: ignore[union-attr]
             assert resolvable_from(model, "alertmanager", host), hook["url"]
-    assert checked >= 8
+    assert checked >= 7  # the backup sidecar is no scrape target: node-exporter serves its textfile
 
 
 def test_scrape_ports_match_the_services(model: dict[str, Any], services: dict[str, Any]) -> None:

@@ -52,6 +52,10 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "backups" {
   }
 }
 
+# One age-based rule for the whole bucket: dumps, base backups (<prefix>base/) and WAL (<prefix>wal/)
+# alike. A base backup is uploaded before the WAL that follows it, so it always expires first: the
+# bucket never drops WAL that a base backup still in it needs. A shorter rule for wal/ would break
+# point-in-time restores from the older base backups (tests/backups.tftest.hcl).
 resource "aws_s3_bucket_lifecycle_configuration" "backups" {
   bucket = aws_s3_bucket.backups.id
 

@@ -114,6 +114,13 @@ run "bucket_is_private_versioned_encrypted" {
     ])
     error_message = "Lifecycle must abort stale uploads, expire noncurrent versions after 30 days, current ones after 400, and move to Standard-IA."
   }
+
+  assert {
+    condition = length(aws_s3_bucket_lifecycle_configuration.backups.rule) == 1 && alltrue([
+      for r in aws_s3_bucket_lifecycle_configuration.backups.rule : length(r.filter) == 1 && length(r.filter[0].and) == 0
+    ])
+    error_message = "One lifecycle rule over the whole bucket: WAL (wal/) must never expire before the base backups (base/) that need it."
+  }
 }
 
 
