@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .roles import PASSWORD_VARIABLES
+
 ENVIRONMENTS = ("production", "development")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_SECRET_KEY_LENGTH = 32
@@ -60,6 +62,10 @@ class Config:
     gunicorn_timeout: int
     gunicorn_graceful_timeout: int
     prometheus_multiproc_dir: str | None
+    # Passwords of the least-privilege roles by variable name (app.roles); only the migration job has them.
+    db_role_passwords: Mapping[str, str]
+    migration_lock_timeout_ms: int
+    migration_lock_attempts: int
 
     @property
     def is_postgres(self) -> bool:
@@ -194,6 +200,19 @@ def _optional_token(env: _Environment, name: str, allowed: str) -> str | None:
     return value
 
 
+def _role_passwords(env: _Environment, database_url: URL) -> dict[str, str]:
+    passwords = {name: env.secret(name) for name in PASSWORD_VARIABLES}
+    given = {name: value for name, value in passwords.items() if value is not None}
+    if not given:
+        return {}
+    missing = [name for name in PASSWORD_VARIABLES if name not in given]
+    if missing:
+        raise ConfigError(missing[0], f"set all of {', '.join(PASSWORD_VARIABLES)} (or their _FILE) or none")
+    if database_url.get_backend_name() != "postgresql":
+        raise ConfigError(PASSWORD_VARIABLES[0], "database roles exist only on PostgreSQL")
+    return given
+
+
 _DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
 
@@ -232,6 +251,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         gunicorn_timeout=env.integer("GUNICORN_TIMEOUT", 30, 1, 600),
         gunicorn_graceful_timeout=env.integer("GUNICORN_GRACEFUL_TIMEOUT", 20, 1, 600),
         prometheus_multiproc_dir=env.text("PROMETHEUS_MULTIPROC_DIR"),
+        db_role_passwords=_role_passwords(env, database_url),
+        migration_lock_timeout_ms=env.integer("MIGRATION_LOCK_TIMEOUT_MS", 2000, 10, 600_000),
+        migration_lock_attempts=env.integer("MIGRATION_LOCK_ATTEMPTS", 10, 1, 1000),
     )
 
 

@@ -440,10 +440,31 @@ NOT_PASSED_THROUGH = {
 }
 
 
+# Read only by the migration job (app/migrations/env.py).
+MIGRATE_ONLY = {"MIGRATION_LOCK_TIMEOUT_MS", "MIGRATION_LOCK_ATTEMPTS"}
+
+
 def test_every_app_variable_reaches_the_app(services: dict[str, Any]) -> None:
     env = set(services["app"]["environment"])
-    missing = sorted(app_env_vars() - NOT_PASSED_THROUGH - env)
+    missing = sorted(app_env_vars() - NOT_PASSED_THROUGH - MIGRATE_ONLY - env)
     assert not missing, f"compose never passes {missing} to the app"
+    assert set(services["migrate"]["environment"]) >= MIGRATE_ONLY
+
+
+def test_only_the_migrate_job_holds_the_superuser_password(services: dict[str, Any]) -> None:
+    """Every other database client logs in as its own least-privilege role (app/roles.py)."""
+    holders = {
+        name
+        for name, service in services.items()
+        for volume in service.get("volumes") or []
+        if volume.get("source") == "secrets" and (volume.get("volume") or {}).get("subpath") == "postgres_password"
+    }
+    assert holders == {"migrate", "postgres"}
+    assert services["app"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg2://tally_app@")
+    assert services["backup"]["environment"]["PGUSER"] == "tally_backup"
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_USER"] == "tally_exporter"
+    role_secrets = {"DB_APP_PASSWORD_FILE", "DB_BACKUP_PASSWORD_FILE", "DB_EXPORTER_PASSWORD_FILE"}
+    assert role_secrets <= set(services["migrate"]["environment"])
 
 
 def test_every_compose_variable_is_documented_in_env_example() -> None:
