@@ -379,6 +379,12 @@ def test_deploy_jobs_use_environments_ssh_and_the_repo_script() -> None:
     assert all(rule.get("when", "on_success") != "manual" for rule in staging["rules"])
     production = resolved(config, "deploy-production")
     assert all(rule.get("when") == "manual" for rule in production["rules"])
+    # A failed production deploy is a red pipeline, and both jobs check the page itself, not just /version.
+    assert not production.get("allow_failure", False)
+    for name in ("deploy-staging", "deploy-production"):
+        script = script_text(resolved(config, name))
+        assert '"$CI_ENVIRONMENT_URL/readyz"' in script and '"$CI_ENVIRONMENT_URL/"' in script
+        assert 'grep -q "You have visited this page"' in script
 
 
 SECRET_NAME = re.compile(r"(PASSWORD|TOKEN|SECRET|PRIVATE_KEY|API_KEY|DSN)", re.I)
