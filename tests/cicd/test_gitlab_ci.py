@@ -404,3 +404,12 @@ def test_no_secret_values_in_the_file() -> None:
     walk(ci(), "")
     text = CI_FILE.read_text()
     assert "BEGIN OPENSSH PRIVATE KEY" not in text and "BEGIN RSA PRIVATE KEY" not in text
+
+
+def test_both_images_are_built_by_digest_and_scanned() -> None:
+    config = ci()
+    build = script_text(resolved(config, "build-image"))
+    assert "TALLY_BACKUP_IMAGE=" in build and '"$CI_REGISTRY_IMAGE/backup:$IMAGE_TAG@$BACKUP_DIGEST"' in build
+    scan = script_text(resolved(config, "container-scan"))
+    for image in ("$TALLY_IMAGE", "$TALLY_BACKUP_IMAGE"):
+        assert f'--exit-code 1 --severity HIGH,CRITICAL --ignore-unfixed "{image}"' in scan
