@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,6 +45,9 @@ class Config:
     user_name: str
     user_url: str
     trusted_proxy_hops: int
+    # Peers whose X-Forwarded-* headers count; empty: every peer (only safe when nothing but the proxy
+    # can reach the app's port).
+    trusted_proxy_networks: tuple[IPv4Network | IPv6Network, ...]
     log_level: str
     sentry_dsn: str | None
     sentry_environment: str
@@ -213,6 +217,18 @@ def _role_passwords(env: _Environment, database_url: URL) -> dict[str, str]:
     return given
 
 
+def _networks(name: str, raw: str | None) -> tuple[IPv4Network | IPv6Network, ...]:
+    networks = []
+    for item in (part.strip() for part in (raw or "").split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(name, f"{item!r} is not an IP network (e.g. 172.31.240.0/24)") from None
+    return tuple(networks)
+
+
 _DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
 
@@ -233,6 +249,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         user_name=user_name,
         user_url=_user_url(env),
         trusted_proxy_hops=env.integer("TRUSTED_PROXY_HOPS", 0, 0, 5),
+        trusted_proxy_networks=_networks("TRUSTED_PROXY_CIDRS", env.text("TRUSTED_PROXY_CIDRS")),
         log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
         sentry_dsn=env.secret("SENTRY_DSN"),
         sentry_environment=env.text("SENTRY_ENVIRONMENT", environment) or environment,

@@ -231,7 +231,9 @@ def test_app_scales_behind_traefik(services: dict[str, Any]) -> None:
 
 def test_only_traefik_publishes_ports(services: dict[str, Any]) -> None:
     publishers = {name for name, svc in services.items() if svc.get("ports")}
-    assert publishers == {"traefik"}
+    assert publishers == {"traefik", "grafana"}
+    # Grafana only on the host's loopback, for an SSH tunnel.
+    assert {p.get("host_ip") for p in services["grafana"]["ports"]} == {"127.0.0.1"}
     assert not any(svc.get("container_name") for svc in services.values())
 
 
@@ -258,7 +260,24 @@ def test_network_isolation(model: dict[str, Any], services: dict[str, Any]) -> N
     assert set(service_networks(services["postgres"])) == {"backend"}
     assert members["socket"] == {"traefik", "socket-proxy", "cadvisor"}
     assert set(service_networks(services["socket-proxy"])) == {"socket"}
-    assert members["edge"] >= {"traefik", "app", "grafana"}
+    assert members["edge"] >= {"traefik", "grafana"}
+    # Only Traefik reaches the app's HTTP port, only Prometheus its metrics port.
+    assert members["app"] == {"traefik", "app"}
+    assert members["app-metrics"] == {"prometheus", "app"} and networks["app-metrics"].get("internal") is True
+    assert set(service_networks(services["app"])) == {"app", "backend", "app-metrics"}
+    # Alertmanager (no authentication) is off edge; its egress network is its own.
+    assert members["alerting-egress"] == {"alertmanager"}
+    assert "alertmanager" not in members["edge"]
+    # The app trusts X-Forwarded-For only from the app network's subnet.
+    subnet = networks["app"]["ipam"]["config"][0]["subnet"]
+    assert services["app"]["environment"]["TRUSTED_PROXY_CIDRS"] == subnet
+
+
+def test_every_service_has_a_pids_limit(services: dict[str, Any]) -> None:
+    """CIS Docker Benchmark 5.28."""
+    for name, svc in services.items():
+        pids = svc.get("pids_limit") or svc.get("deploy", {}).get("resources", {}).get("limits", {}).get("pids")
+        assert pids and 0 < int(pids) <= 1024, name
 
 
 def test_docker_socket_only_in_the_proxy(services: dict[str, Any]) -> None:
