@@ -302,6 +302,9 @@ main() {
         [[ -n $arg ]] || usage
     fi
 
+    if [[ $SKIP_PAGE_CHECK != 1 ]] && ! command -v curl >/dev/null 2>&1; then
+        die "curl is needed for the GET / gate through Traefik (install it, or SKIP_PAGE_CHECK=1); nothing was changed"
+    fi
     mkdir -p "$STATE_DIR"
     if command -v flock >/dev/null 2>&1; then
         exec 9>"$STATE_DIR/lock"
