@@ -20,7 +20,8 @@
 # DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations, SKIP_PULL=1 (= --no-pull),
 # PAGE_URL (https://<DOMAIN from .env, else localhost>/), PAGE_CONNECT (127.0.0.1:<HTTPS_PORT from .env,
 # else 443>: where that URL is sent, curl --connect-to), PAGE_TRIES GETs per step (3 x replicas; Traefik
-# round-robins, so every replica is asked), SKIP_PAGE_CHECK=1 to skip the GET / gate.
+# round-robins, so every replica is asked), PAGE_TIMEOUT seconds (HEALTH_TIMEOUT), SKIP_PAGE_CHECK=1 to skip
+# the GET / gate.
 set -euo pipefail
 
 DOCKER=${DOCKER:-docker}
@@ -36,6 +37,7 @@ SKIP_MIGRATE=${SKIP_MIGRATE:-0}
 SKIP_PULL=${SKIP_PULL:-0}
 SKIP_PAGE_CHECK=${SKIP_PAGE_CHECK:-0}
 PAGE_TRIES=${PAGE_TRIES:-}
+PAGE_TIMEOUT=${PAGE_TIMEOUT:-$HEALTH_TIMEOUT}
 DEFAULT_IMAGE=tally:local
 # What the page must contain: the visit line of app/templates/index.html (an error page has none).
 PAGE_MARKER="You have visited this page"
@@ -172,7 +174,7 @@ wait_ready() {
 # GET / through Traefik, as a visitor: every try must answer 200 with the page. A try that fails is
 # repeated until HEALTH_TIMEOUT (Traefik takes a few seconds to notice a replica that left).
 page_check() {
-    local label=$1 tries=$PAGE_TRIES url connect ok=0 body deadline=$((SECONDS + HEALTH_TIMEOUT)) n ids_now=()
+    local label=$1 tries=$PAGE_TRIES url connect ok=0 body deadline=$((SECONDS + PAGE_TIMEOUT)) n ids_now=()
     ((SKIP_PAGE_CHECK == 1)) && return 0
     if [[ -z $tries ]]; then
         app_ids ids_now || return 1
@@ -192,7 +194,7 @@ page_check() {
         fi
         ok=0
         if ((SECONDS >= deadline)); then
-            warn "$label GET $url did not answer the page ${tries} times in a row within ${HEALTH_TIMEOUT}s"
+            warn "$label GET $url did not answer the page ${tries} times in a row within ${PAGE_TIMEOUT}s"
             return 1
         fi
         sleep "$HEALTH_POLL_INTERVAL"

@@ -270,7 +270,8 @@ def test_concurrent_deploy_is_refused(project: Path) -> None:
 
 def test_replica_not_ready_is_never_promoted(project: Path) -> None:
     """Docker says healthy (liveness), but /readyz never answers 200: the old replicas stay."""
-    r = run_deploy(project, NEW, scenario={"unready_images": [NEW]}, HEALTH_TIMEOUT="1")
+    # Healthy at the first look, so the 1 s timeout is spent on /readyz alone.
+    r = run_deploy(project, NEW, scenario={"unready_images": [NEW], "default_plan": ["healthy"]}, HEALTH_TIMEOUT="1")
     assert r.rc != 0
     assert "/readyz not 200" in r.err and "ROLLBACK" in r.err
     assert not any(t.startswith(("stop old", "rm old")) for t in events(r))
@@ -280,9 +281,9 @@ def test_replica_not_ready_is_never_promoted(project: Path) -> None:
 
 def test_release_answering_500_on_the_page_is_rolled_back(project: Path) -> None:
     """Healthy and ready, but GET / through Traefik fails: every replica goes back to the old image."""
-    r = run_deploy(
-        project, NEW, scenario={"bad_page_images": [NEW], "image_plans": {OLD: ["healthy"]}}, HEALTH_TIMEOUT="1"
-    )
+    scenario = {"bad_page_images": [NEW], "image_plans": {OLD: ["healthy"]}}
+    # A short page timeout; the rollback's own health waits keep the generous HEALTH_TIMEOUT.
+    r = run_deploy(project, NEW, scenario=scenario, PAGE_TIMEOUT="1")
     assert r.rc != 0
     assert "GET https://tally.example.org/ did not answer the page" in r.err
     assert "rollback complete" in r.err
