@@ -23,9 +23,10 @@ WORKDIR /build
 COPY requirements.lock ./
 # --no-deps: exactly the pinned set, nothing resolved at build time; --only-binary: no sdist is ever
 # compiled, so no compiler is needed here either and a dependency without a wheel fails the build loudly.
+# --require-hashes: every file must match a sha256 in the lock, so a swapped upload on the index fails.
 # pip check proves the pinned set is complete and consistent.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-deps --only-binary=:all: --requirement requirements.lock \
+    && /opt/venv/bin/pip install --no-deps --only-binary=:all: --require-hashes --requirement requirements.lock \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 

@@ -11,11 +11,14 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from .roles import PASSWORD_VARIABLES
 
 ENVIRONMENTS = ("production", "development")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -43,6 +46,9 @@ class Config:
     user_name: str
     user_url: str
     trusted_proxy_hops: int
+    # Peers whose X-Forwarded-* headers count; empty: every peer (only safe when nothing but the proxy
+    # can reach the app's port).
+    trusted_proxy_networks: tuple[IPv4Network | IPv6Network, ...]
     log_level: str
     sentry_dsn: str | None
     sentry_environment: str
@@ -62,6 +68,10 @@ class Config:
     gunicorn_timeout: int
     gunicorn_graceful_timeout: int
     prometheus_multiproc_dir: str | None
+    # Passwords of the least-privilege roles by variable name (app.roles); only the migration job has them.
+    db_role_passwords: Mapping[str, str]
+    migration_lock_timeout_ms: int
+    migration_lock_attempts: int
 
     @property
     def is_postgres(self) -> bool:
@@ -215,6 +225,31 @@ def _optional_token(env: _Environment, name: str, allowed: str) -> str | None:
     return value
 
 
+def _role_passwords(env: _Environment, database_url: URL) -> dict[str, str]:
+    passwords = {name: env.secret(name) for name in PASSWORD_VARIABLES}
+    given = {name: value for name, value in passwords.items() if value is not None}
+    if not given:
+        return {}
+    missing = [name for name in PASSWORD_VARIABLES if name not in given]
+    if missing:
+        raise ConfigError(missing[0], f"set all of {', '.join(PASSWORD_VARIABLES)} (or their _FILE) or none")
+    if database_url.get_backend_name() != "postgresql":
+        raise ConfigError(PASSWORD_VARIABLES[0], "database roles exist only on PostgreSQL")
+    return given
+
+
+def _networks(name: str, raw: str | None) -> tuple[IPv4Network | IPv6Network, ...]:
+    networks = []
+    for item in (part.strip() for part in (raw or "").split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(name, f"{item!r} is not an IP network (e.g. 172.31.240.0/24)") from None
+    return tuple(networks)
+
+
 _DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
 
@@ -235,6 +270,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         user_name=user_name,
         user_url=_user_url(env),
         trusted_proxy_hops=env.integer("TRUSTED_PROXY_HOPS", 0, 0, 5),
+        trusted_proxy_networks=_networks("TRUSTED_PROXY_CIDRS", env.text("TRUSTED_PROXY_CIDRS")),
         log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
         sentry_dsn=env.secret("SENTRY_DSN"),
         sentry_environment=env.text("SENTRY_ENVIRONMENT", environment) or environment,
@@ -254,6 +290,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         gunicorn_timeout=env.integer("GUNICORN_TIMEOUT", 30, 1, 600),
         gunicorn_graceful_timeout=env.integer("GUNICORN_GRACEFUL_TIMEOUT", 20, 1, 600),
         prometheus_multiproc_dir=env.text("PROMETHEUS_MULTIPROC_DIR"),
+        db_role_passwords=_role_passwords(env, database_url),
+        migration_lock_timeout_ms=env.integer("MIGRATION_LOCK_TIMEOUT_MS", 2000, 10, 600_000),
+        migration_lock_attempts=env.integer("MIGRATION_LOCK_ATTEMPTS", 10, 1, 1000),
     )
 
 

@@ -28,8 +28,9 @@ PROBE_USER_AGENT_PREFIXES = (
     "Amazon-Route53-Health-Check-Service",
     "Consul Health Check",
     "UptimeRobot/",
-    "Traefik",
 )
+# Not "Traefik": its load-balancer health check polls /readyz and sends Go's default User-Agent, so the
+# prefix matched only clients naming themselves "Traefik…", whose visits would silently not count.
 
 
 class BadClientAddress(Exception):

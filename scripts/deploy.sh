@@ -8,15 +8,20 @@
 #   scripts/deploy.sh --no-pull tally:local                       # an image built on this host (no registry)
 #
 # Order: record the running image -> pull -> `migrate` service -> for every old app replica: start one new
-# replica next to it, wait until Docker reports it healthy, then stop and remove one old replica. Traefik only
-# routes to healthy containers, so capacity never drops below the starting replica count. If a new replica does
-# not become healthy, the new containers are removed, TALLY_IMAGE goes back to the previous image (.env and
-# replicas) and the script exits non-zero.
+# replica next to it, wait until Docker reports it healthy (liveness) AND its /readyz answers 200 (database
+# reachable, schema at head), then stop and remove one old replica, then GET / through Traefik (the public
+# path: TLS, router, middlewares, a real visit) until every try answered 200 with the page. Capacity never
+# drops below the starting replica count. If a gate fails, the new containers are removed or swapped back,
+# TALLY_IMAGE goes back to the previous image (.env and replicas) and the script exits non-zero.
 #
 # Environment: DOCKER (docker CLI, may be e.g. "sudo docker"), APP_SERVICE (app), MIGRATE_SERVICE (migrate),
 # HEALTH_TIMEOUT seconds per replica (180), HEALTH_POLL_INTERVAL seconds (2), STOP_TIMEOUT seconds for the
 # old replica's graceful stop (30, keep >= gunicorn's graceful timeout), ENV_FILE (.env),
-# DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations, SKIP_PULL=1 (= --no-pull).
+# DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations, SKIP_PULL=1 (= --no-pull),
+# PAGE_URL (https://<DOMAIN from .env, else localhost>/), PAGE_CONNECT (127.0.0.1:<HTTPS_PORT from .env,
+# else 443>: where that URL is sent, curl --connect-to), PAGE_TRIES GETs per step (3 x replicas; Traefik
+# round-robins, so every replica is asked), PAGE_TIMEOUT seconds (HEALTH_TIMEOUT), SKIP_PAGE_CHECK=1 to skip
+# the GET / gate.
 set -euo pipefail
 
 DOCKER=${DOCKER:-docker}
@@ -30,7 +35,14 @@ ENV_FILE=${ENV_FILE:-.env}
 STATE_DIR=${DEPLOY_STATE_DIR:-.deploy}
 SKIP_MIGRATE=${SKIP_MIGRATE:-0}
 SKIP_PULL=${SKIP_PULL:-0}
+SKIP_PAGE_CHECK=${SKIP_PAGE_CHECK:-0}
+PAGE_TRIES=${PAGE_TRIES:-}
+PAGE_TIMEOUT=${PAGE_TIMEOUT:-$HEALTH_TIMEOUT}
 DEFAULT_IMAGE=tally:local
+# What the page must contain: the visit line of app/templates/index.html (an error page has none).
+PAGE_MARKER="You have visited this page"
+# Run inside the new replica: readiness on its own port, before Traefik ever routes to it.
+READY_PROBE="import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=3).status == 200 else 1)"
 
 # Set while running; the EXIT trap uses them to leave .env consistent with what is actually running.
 previous=""
@@ -59,9 +71,21 @@ compose() { "${DOCKER_CMD[@]}" compose "$@"; }
 
 running_app_ids() { compose ps -q --status running "$APP_SERVICE"; }
 
+# Fill the array named $1 with the running replica ids. Not `mapfile < <(...)`: a failing `compose ps`
+# inside a process substitution goes unnoticed by set -e, and an empty list would recreate every replica.
+# shellcheck disable=SC2034 # `into` is a nameref: assigning it fills the caller's array
+app_ids() {
+    local -n into=$1
+    local out
+    out=$(running_app_ids) || { warn "'compose ps' failed; cannot tell which replicas run"; return 1; }
+    into=()
+    if [[ -n $out ]]; then mapfile -t into <<<"$out"; fi
+}
+
 env_get() {
+    local key=${1:-TALLY_IMAGE}
     [[ -f $ENV_FILE ]] || return 0
-    sed -n 's/^[[:space:]]*TALLY_IMAGE[[:space:]]*=[[:space:]]*//p' "$ENV_FILE" | tail -n 1 | tr -d "\"'"
+    sed -n "s/^[[:space:]]*${key}[[:space:]]*=[[:space:]]*//p" "$ENV_FILE" | tail -n 1 | tr -d "\"'"
 }
 
 env_set() {
@@ -134,15 +158,59 @@ wait_healthy() {
     done
 }
 
+# Readiness of one replica from inside it (/readyz: database reachable, schema at head).
+wait_ready() {
+    local id=$1 label=$2 deadline=$((SECONDS + HEALTH_TIMEOUT))
+    until docker_ exec "$id" python -c "$READY_PROBE" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            warn "$label $(short "$id") /readyz not 200 within ${HEALTH_TIMEOUT}s"
+            return 1
+        fi
+        sleep "$HEALTH_POLL_INTERVAL"
+    done
+    log "$label $(short "$id") ready (/readyz 200)"
+}
+
+# GET / through Traefik, as a visitor: every try must answer 200 with the page. A try that fails is
+# repeated until HEALTH_TIMEOUT (Traefik takes a few seconds to notice a replica that left).
+page_check() {
+    local label=$1 tries=$PAGE_TRIES url connect ok=0 body deadline=$((SECONDS + PAGE_TIMEOUT)) n ids_now=()
+    ((SKIP_PAGE_CHECK == 1)) && return 0
+    if [[ -z $tries ]]; then
+        app_ids ids_now || return 1
+        tries=$((3 * ${#ids_now[@]}))
+    fi
+    url=${PAGE_URL:-https://$(env_get DOMAIN | grep . || echo localhost)/}
+    connect=${PAGE_CONNECT:-127.0.0.1:$(env_get HTTPS_PORT | grep . || echo 443)}
+    n=${url#*://}
+    n=${n%%/*}
+    [[ $n == *:* ]] || n="$n:443"
+    while ((ok < tries)); do
+        # -k: the certificate may be Traefik's default or not yet issued; the body is what is checked.
+        if body=$(curl -fsSk --max-time 10 --connect-to "$n:$connect" -H "User-Agent: tally-deploy" "$url") &&
+            [[ $body == *"$PAGE_MARKER"* ]]; then
+            ok=$((ok + 1))
+            continue
+        fi
+        ok=0
+        if ((SECONDS >= deadline)); then
+            warn "$label GET $url did not answer the page ${tries} times in a row within ${PAGE_TIMEOUT}s"
+            return 1
+        fi
+        sleep "$HEALTH_POLL_INTERVAL"
+    done
+    log "$label GET $url: ${tries} x 200 with the page"
+}
+
 # Start one replica with the current TALLY_IMAGE next to the running ones; its id lands in $started_id.
 # (A global, not stdout: new_ids must be updated in this shell, not in a command substitution's subshell.)
 start_one() {
-    local before after id count fresh=()
+    local before=() after=() id count fresh=()
     started_id=""
-    mapfile -t before < <(running_app_ids) || return 1
+    app_ids before || return 1
     count=${#before[@]}
     compose up -d --no-deps --scale "$APP_SERVICE=$((count + 1))" --no-recreate "$APP_SERVICE" || return 1
-    mapfile -t after < <(running_app_ids) || return 1
+    app_ids after || return 1
     for id in "${after[@]}"; do
         contains "$id" "${before[@]}" || fresh+=("$id")
     done
@@ -167,10 +235,12 @@ replace_one() {
     new=$started_id
     log "$label started $(short "$new") ($TALLY_IMAGE), waiting for healthy (timeout ${HEALTH_TIMEOUT}s)"
     wait_healthy "$new" "$label" || return 1
+    wait_ready "$new" "$label" || return 1
     promoted_ids+=("$new")
     log "$label stopping old replica $(short "$old")"
     stop_remove "$old" || return 1
     log "$label replaced $(short "$old") -> $(short "$new")"
+    page_check "$label"
 }
 
 rollback() {
@@ -234,13 +304,16 @@ main() {
         [[ -n $arg ]] || usage
     fi
 
+    if [[ $SKIP_PAGE_CHECK != 1 ]] && ! command -v curl >/dev/null 2>&1; then
+        die "curl is needed for the GET / gate through Traefik (install it, or SKIP_PAGE_CHECK=1); nothing was changed"
+    fi
     mkdir -p "$STATE_DIR"
     if command -v flock >/dev/null 2>&1; then
         exec 9>"$STATE_DIR/lock"
         flock -n 9 || die "another deploy holds $STATE_DIR/lock"
     fi
 
-    mapfile -t old_ids < <(running_app_ids)
+    app_ids old_ids || die "cannot list the running $APP_SERVICE replicas; nothing was changed"
     n=${#old_ids[@]}
     if ((n > 0)); then
         previous=$(docker_ inspect --format '{{.Config.Image}}' "${old_ids[0]}")
@@ -282,13 +355,15 @@ main() {
     if ((n == 0)); then
         log "no running $APP_SERVICE replica: starting fresh"
         compose up -d --no-deps "$APP_SERVICE" || { rollback "start failed"; exit 1; }
-        mapfile -t new_ids < <(running_app_ids)
+        app_ids new_ids || { rollback "cannot list the new replicas"; exit 1; }
         ((${#new_ids[@]} > 0)) || { rollback "no replica started"; exit 1; }
         i=0
         for id in "${new_ids[@]}"; do
             i=$((i + 1))
             wait_healthy "$id" "[$i/${#new_ids[@]}]" || { rollback "replica $(short "$id") not healthy"; exit 1; }
+            wait_ready "$id" "[$i/${#new_ids[@]}]" || { rollback "replica $(short "$id") not ready"; exit 1; }
         done
+        page_check "[fresh]" || { rollback "GET / through Traefik failed"; exit 1; }
     else
         i=0
         for id in "${old_ids[@]}"; do
@@ -301,7 +376,8 @@ main() {
     fi
 
     finished=1
-    log "deploy complete: $(running_app_ids | wc -l | tr -d ' ') $APP_SERVICE replica(s) on $target"
+    app_ids new_ids || true
+    log "deploy complete: ${#new_ids[@]} $APP_SERVICE replica(s) on $target"
 }
 
 trap on_exit EXIT

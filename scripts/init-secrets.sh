@@ -8,8 +8,10 @@
 #
 # Values are random alphanumerics (no quoting or URL-escaping surprises), written without a trailing
 # newline; lengths match what secrets-init generates (scripts/secrets_init.py). secrets-init runs as uid
-# 10001 and opens each file by name: the directory is 0711 (others may not list it, the job may enter it)
-# and the files 0644. Prints what it created, never a value. Rotation: secrets/README.md.
+# 10001 and must read them. As root (as on AWS), the directory and files go to uid 10001: directory 0700,
+# files 0600, nobody else on the host reads them. As another user, who cannot give files away, the
+# directory is 0711 and the files 0644 (world-readable by name; a warning says so): run it with sudo.
+# Prints what it created, never a value. Rotation: secrets/README.md.
 # Env: TALLY_SECRETS_DIR  target directory (default: <repo>/secrets)
 set -euo pipefail
 
@@ -21,6 +23,9 @@ SECRETS=(
     postgres_password:32
     secret_key:64
     grafana_admin_password:24
+    db_app_password:32
+    db_backup_password:32
+    db_exporter_password:32
 )
 
 random_alnum() {
@@ -32,8 +37,20 @@ random_alnum() {
     printf '%s' "${value:0:length}"
 }
 
+# The uid of the secrets-init job (the app image's user).
+JOB_UID=10001
+
 mkdir -p "$dir"
-chmod 0711 "$dir"
+if ((EUID == 0)); then
+    chown "$JOB_UID:$JOB_UID" "$dir"
+    chmod 0700 "$dir"
+    file_mode=0600
+else
+    chmod 0711 "$dir"
+    file_mode=0644
+    echo "WARNING: not root: secrets/* stay readable by every host user who knows their names;" \
+        "run: sudo $0 (files become uid $JOB_UID, mode 0600)" >&2
+fi
 
 created=0
 for entry in "${SECRETS[@]}"; do
@@ -46,7 +63,8 @@ for entry in "${SECRETS[@]}"; do
     fi
     tmp=$(mktemp "$dir/.$name.XXXXXX")
     random_alnum "$length" >"$tmp"
-    chmod 0644 "$tmp"
+    chmod "$file_mode" "$tmp"
+    if ((EUID == 0)); then chown "$JOB_UID:$JOB_UID" "$tmp"; fi
     # -n: a file that appeared meanwhile still wins over ours.
     mv -n "$tmp" "$path"
     rm -f "$tmp"

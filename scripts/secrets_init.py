@@ -38,6 +38,10 @@ SPECS = (
     Spec("postgres_password", 16, 32),
     Spec("secret_key", 32, 64),
     Spec("grafana_admin_password", 12, 24),
+    # The least-privilege database roles (app/roles.py); the migration job sets them on every run.
+    Spec("db_app_password", 16, 32),
+    Spec("db_backup_password", 16, 32),
+    Spec("db_exporter_password", 16, 32),
 )
 
 # Values people leave in place from examples. Case-insensitive substring match.
@@ -79,8 +83,9 @@ def read_import(spec: Spec, import_dir: Path) -> str | None:
     except PermissionError:
         raise Refused(
             f"secrets/{spec.name} is not readable by uid {os.getuid()} (this job's user); "
-            "fix: chmod 0711 secrets && chmod 0644 secrets/" + spec.name + " (or delete the file to keep or "
-            "generate the value in the volume), then docker compose up -d"
+            f"fix: sudo chown {os.getuid()} secrets secrets/{spec.name} && sudo chmod 0700 secrets && sudo chmod "
+            f"0600 secrets/{spec.name} (or delete the file to keep or generate the value in the volume), then "
+            "docker compose up -d"
         ) from None
     except IsADirectoryError:
         raise Refused(

@@ -1,20 +1,34 @@
 """Alembic environment. Several replicas may run ``flask db upgrade`` at the same moment, so on
 PostgreSQL the whole run holds a session advisory lock: the first migrates, the others wait and
-then find the schema at head."""
+then find the schema at head.
+
+Every schema change waits at most ``MIGRATION_LOCK_TIMEOUT_MS`` for a table lock, then rolls back,
+backs off and tries again (``MIGRATION_LOCK_ATTEMPTS`` in all): a migration queued behind a long
+reader (the nightly dump) would otherwise hold up every visit queued behind it.
+
+With the role passwords configured (``DB_*_PASSWORD``, the migration job only), the run also
+provisions the least-privilege roles and migrates as the schema owner (``app.roles``)."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from alembic import context
 from flask import current_app
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
+from app import roles
+from app.config import Config
 from app.migrations_lock import MIGRATION_LOCK_ID
 from app.models import Base
 
 log = logging.getLogger("alembic.env")
+LOCK_NOT_AVAILABLE = "55P03"
+MAX_BACKOFF_SECONDS = 15.0
 
 
 def _forget_foreign_revision(connection: Connection) -> None:
@@ -32,24 +46,79 @@ def _forget_foreign_revision(connection: Connection) -> None:
         connection.execute(text("DELETE FROM alembic_version"))
 
 
+def _lock_not_available(exc: OperationalError) -> bool:
+    return getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE
+
+
+def _with_lock_retries(connection: Connection, config: Config, step: str, work: Callable[[], None]) -> None:
+    """Run ``work`` in one transaction; when it gave up waiting for a lock, roll back and try again."""
+    attempts = config.migration_lock_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            work()
+            connection.commit()
+            return
+        except OperationalError as exc:
+            connection.rollback()
+            if not _lock_not_available(exc):
+                raise
+            if attempt == attempts:
+                raise SystemExit(
+                    f"migrations: {step}: no lock within {config.migration_lock_timeout_ms} ms in {attempts} "
+                    "attempts; a long transaction holds the table (pg_stat_activity shows it); nothing was "
+                    "changed, run the migrations again later"
+                ) from None
+            delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1))
+            log.warning(
+                "migrations: %s: lock not available within %d ms (attempt %d of %d); retrying in %.1f s",
+                step,
+                config.migration_lock_timeout_ms,
+                attempt,
+                attempts,
+                delay,
+            )
+            time.sleep(delay)
+
+
+def _migrate(connection: Connection) -> None:
+    _forget_foreign_revision(connection)
+    context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+    # The connection is already in this step's transaction: Alembic joins it, _with_lock_retries commits.
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
+    config: Config = current_app.extensions["tally"].config
     engine = current_app.extensions["migrate"].db.engine
     with engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"
+        provision = postgres and bool(config.db_role_passwords)
         if postgres:
-            # The app's statement timeout suits requests, not a migration or a replica waiting its turn.
+            # The app's statement timeout suits requests, not a migration or a replica waiting its turn;
+            # the advisory lock is waited for without limit, table locks only briefly.
             connection.execute(text("SET statement_timeout = 0"))
             connection.execute(text("SET lock_timeout = 0"))
             connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-        _forget_foreign_revision(connection)
-        # Commit the autobegun transaction so Alembic's own transaction (and its COMMIT) starts clean.
+            connection.execute(text(f"SET lock_timeout = {int(config.migration_lock_timeout_ms)}"))
+        # Commit the autobegun transaction so each step's transaction (and its COMMIT) starts clean.
         connection.commit()
         try:
-            context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
-            with context.begin_transaction():
-                context.run_migrations()
+            if provision:
+                _with_lock_retries(
+                    connection, config, "roles", lambda: roles.provision(connection, config.db_role_passwords)
+                )
+                connection.execute(text(f"SET ROLE {roles.OWNER}"))
+                connection.commit()
+            _with_lock_retries(connection, config, "schema", lambda: _migrate(connection))
+            if provision:
+                _with_lock_retries(
+                    connection, config, "grants", lambda: roles.grant_app(connection, Base.metadata.tables)
+                )
         finally:
             if postgres:
+                connection.rollback()
+                connection.execute(text("RESET ROLE"))
                 connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
                 connection.commit()
 

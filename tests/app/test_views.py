@@ -65,6 +65,12 @@ def test_head_probes_static_and_other_endpoints_do_not_count(client: FlaskClient
     assert database_totals(app)["visits"] == 0
 
 
+def test_a_user_agent_calling_itself_traefik_still_counts(client: FlaskClient, app: Flask) -> None:
+    page = client.get("/", environ_base={"REMOTE_ADDR": "1.2.3.4"}, headers={"User-Agent": "Traefik-bot"})
+    assert visits_on_page(page.get_data(as_text=True)) == 1
+    assert database_totals(app)["visits"] == 1
+
+
 def test_version_reports_build_metadata(database_url: str) -> None:
     app = migrated_app(make_config(database_url, BUILD_NUMBER="57", GIT_COMMIT="abc123"))
     client = app.test_client()

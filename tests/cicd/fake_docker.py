@@ -10,6 +10,10 @@ Scenario knobs in the state file:
 - "default_plan": sequence for everything else.
 - "migrate_exit", "pull_exit": exit codes of `compose run --rm migrate` and `compose pull`.
 - "default_replicas": replicas `compose up` starts when no --scale is given.
+- "ps_exit": exit code of `compose ps` (nothing printed when non-zero).
+- "unready_images": images whose replicas never answer /readyz 200 (`docker exec ... python -c ...`).
+- "bad_page_images": images whose replicas answer GET / with a 500; the fake `curl` (same script, called
+  as `curl`) fails while any running replica has such an image, as Traefik's round robin would.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ def compose(state: State, args: list[str]) -> int:
     if sub == "run":
         return int(state.get("migrate_exit", 0))
     if sub == "ps":
+        if state.get("ps_exit"):
+            return int(state["ps_exit"])
         service = rest[-1]
         for c in running(state, service):
             print(c["id"])
@@ -130,6 +136,16 @@ def main(argv: list[str]) -> int:
                     c["status"] = "exited"
                 extra["answer"] = f"{status}/{health}"
                 print(extra["answer"])
+        elif argv[0] == "exec":
+            c = find(state, argv[1])
+            rc = 1 if c is None or c["status"] != "running" or c["image"] in state.get("unready_images", []) else 0
+        elif argv[0] == "curl":
+            serving = [c["image"] for c in running(state, "app")]
+            if not serving or set(serving) & set(state.get("bad_page_images", [])):
+                print("curl: (22) The requested URL returned error: 500", file=sys.stderr)
+                rc = 22
+            else:
+                print("<p>You have visited this page <span>1</span> time.</p>")
         elif argv[0] == "stop":
             c = find(state, argv[-1])
             if c is None:

@@ -57,6 +57,9 @@ def project(tmp_path: Path) -> Path:
     docker = bindir / "docker"
     docker.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
     docker.chmod(0o755)
+    curl = bindir / "curl"
+    curl.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" curl "$@"\n')
+    curl.chmod(0o755)
     work = tmp_path / "srv"
     work.mkdir()
     env = work / ".env"
@@ -265,3 +268,46 @@ def test_concurrent_deploy_is_refused(project: Path) -> None:
     assert "another deploy" in r.err
     assert r.calls == []
     assert env_image(r) == OLD
+
+
+def test_replica_not_ready_is_never_promoted(project: Path) -> None:
+    """Docker says healthy (liveness), but /readyz never answers 200: the old replicas stay."""
+    # Healthy at the first look, so the 1 s timeout is spent on /readyz alone.
+    r = run_deploy(project, NEW, scenario={"unready_images": [NEW], "default_plan": ["healthy"]}, HEALTH_TIMEOUT="1")
+    assert r.rc != 0
+    assert "/readyz not 200" in r.err and "ROLLBACK" in r.err
+    assert not any(t.startswith(("stop old", "rm old")) for t in events(r))
+    assert images_running(r) == [OLD, OLD]
+    assert env_image(r) == OLD
+
+
+def test_release_answering_500_on_the_page_is_rolled_back(project: Path) -> None:
+    """Healthy and ready, but GET / through Traefik fails: every replica goes back to the old image."""
+    scenario = {"bad_page_images": [NEW], "image_plans": {OLD: ["healthy"]}}
+    # A short page timeout; the rollback's own health waits keep the generous HEALTH_TIMEOUT.
+    r = run_deploy(project, NEW, scenario=scenario, PAGE_TIMEOUT="1")
+    assert r.rc != 0
+    assert "GET https://tally.example.org/ did not answer the page" in r.err
+    assert "rollback complete" in r.err
+    assert images_running(r) == [OLD, OLD]
+    assert env_image(r) == OLD
+    pages = [c["argv"] for c in r.calls if c["argv"][0] == "curl"]
+    assert pages and all("tally.example.org:443:127.0.0.1:443" in a for a in pages)
+
+
+def test_good_release_passes_the_page_check_after_every_step(project: Path) -> None:
+    r = run_deploy(project, NEW)
+    assert r.rc == 0, r.err
+    assert r.out.count("x 200 with the page") == 2
+    # Each step asked the page 3 x replicas times, all through Traefik's published port.
+    assert len([c for c in r.calls if c["argv"][0] == "curl"]) == 2 * 6
+
+
+def test_failing_compose_ps_stops_before_anything_changes(project: Path) -> None:
+    """The replica list is read without process substitution, so set -e sees a failing `compose ps`."""
+    r = run_deploy(project, NEW, scenario={"ps_exit": 1})
+    assert r.rc != 0
+    assert "cannot list the running app replicas" in r.err
+    assert events(r) == []
+    assert env_image(r) == OLD
+    assert images_running(r) == [OLD, OLD]

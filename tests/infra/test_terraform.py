@@ -333,11 +333,58 @@ def test_bootstrap_reuses_existing_secrets(sandbox):
     assert (secrets / "postgres_password").read_text() == "existing-db-password"
     assert (secrets / "grafana_admin_password").read_text() == "grafana-pass"
     assert (secrets / "backup_age_recipient").read_text().strip() == age
-    # The offsite overlay mounts aws_credentials; it must hold no key so the
-    # sidecar's AWS CLI uses the instance role.
+    # The offsite overlay mounts aws_credentials; write_secrets leaves it
+    # without a key (write_backup_credentials fills it from IMDS).
     creds = (secrets / "aws_credentials").read_text()
     assert "aws_access_key_id" not in creds and "[" not in creds
     assert "put-parameter" not in (store / "argv.log").read_text()
+
+
+def test_bootstrap_hands_the_role_credentials_to_the_backup_sidecar(sandbox):
+    """IMDS answers the host only (hop limit 1): the host writes the sidecar's credentials file, in place."""
+    import http.server
+    import threading
+
+    class Imds(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802 - http.server's naming
+            self._answer("token-1" if self.path == "/latest/api/token" else None)
+
+        def do_GET(self):  # noqa: N802
+            if self.headers.get("X-aws-ec2-metadata-token") != "token-1":
+                self._answer(None)
+            elif self.path == "/latest/meta-data/iam/security-credentials/":
+                self._answer("tally-server-role\n")
+            elif self.path == "/latest/meta-data/iam/security-credentials/tally-server-role":
+                self._answer(json.dumps({"AccessKeyId": "ASIAFAKE", "SecretAccessKey": "s3cr3t", "Token": "tok"}))
+            else:
+                self._answer(None)
+
+        def _answer(self, body):
+            self.send_response(200 if body is not None else 401)
+            self.end_headers()
+            self.wfile.write((body or "").encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Imds)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        age = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+        imds = f"http://127.0.0.1:{server.server_port}"
+        res = _bootstrap(sandbox, "write_secrets", TALLY_BACKUP_AGE_RECIPIENT=age)
+        assert res.returncode == 0, res.stderr
+        creds = sandbox["checkout"] / "secrets" / "aws_credentials"
+        inode = creds.stat().st_ino
+        res = _bootstrap(sandbox, "write_backup_credentials", TALLY_BACKUP_AGE_RECIPIENT=age, TALLY_IMDS_URL=imds)
+        assert res.returncode == 0, res.stderr
+    finally:
+        server.shutdown()
+    text = creds.read_text()
+    assert text.startswith("[default]\n")
+    assert "aws_access_key_id = ASIAFAKE" in text and "aws_session_token = tok" in text
+    assert creds.stat().st_ino == inode, "rewritten in place: the sidecar's bind mount keeps seeing it"
+    assert "s3cr3t" not in res.stdout + res.stderr
 
 
 def test_bootstrap_stops_when_ssm_is_broken(sandbox):

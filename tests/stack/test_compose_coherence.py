@@ -232,7 +232,9 @@ def test_app_scales_behind_traefik(services: dict[str, Any]) -> None:
 
 def test_only_traefik_publishes_ports(services: dict[str, Any]) -> None:
     publishers = {name for name, svc in services.items() if svc.get("ports")}
-    assert publishers == {"traefik"}
+    assert publishers == {"traefik", "grafana"}
+    # Grafana only on the host's loopback, for an SSH tunnel.
+    assert {p.get("host_ip") for p in services["grafana"]["ports"]} == {"127.0.0.1"}
     assert not any(svc.get("container_name") for svc in services.values())
 
 
@@ -259,7 +261,24 @@ def test_network_isolation(model: dict[str, Any], services: dict[str, Any]) -> N
     assert set(service_networks(services["postgres"])) == {"backend"}
     assert members["socket"] == {"traefik", "socket-proxy", "cadvisor"}
     assert set(service_networks(services["socket-proxy"])) == {"socket"}
-    assert members["edge"] >= {"traefik", "app", "grafana"}
+    assert members["edge"] >= {"traefik", "grafana"}
+    # Only Traefik reaches the app's HTTP port, only Prometheus its metrics port.
+    assert members["app"] == {"traefik", "app"}
+    assert members["app-metrics"] == {"prometheus", "app"} and networks["app-metrics"].get("internal") is True
+    assert set(service_networks(services["app"])) == {"app", "backend", "app-metrics"}
+    # Alertmanager (no authentication) is off edge; its egress network is its own.
+    assert members["alerting-egress"] == {"alertmanager"}
+    assert "alertmanager" not in members["edge"]
+    # The app trusts X-Forwarded-For only from the app network's subnet.
+    subnet = networks["app"]["ipam"]["config"][0]["subnet"]
+    assert services["app"]["environment"]["TRUSTED_PROXY_CIDRS"] == subnet
+
+
+def test_every_service_has_a_pids_limit(services: dict[str, Any]) -> None:
+    """CIS Docker Benchmark 5.28."""
+    for name, svc in services.items():
+        pids = svc.get("pids_limit") or svc.get("deploy", {}).get("resources", {}).get("limits", {}).get("pids")
+        assert pids and 0 < int(pids) <= 1024, name
 
 
 def test_docker_socket_only_in_the_proxy(services: dict[str, Any]) -> None:
@@ -426,10 +445,31 @@ NOT_PASSED_THROUGH = {
 }
 
 
+# Read only by the migration job (app/migrations/env.py).
+MIGRATE_ONLY = {"MIGRATION_LOCK_TIMEOUT_MS", "MIGRATION_LOCK_ATTEMPTS"}
+
+
 def test_every_app_variable_reaches_the_app(services: dict[str, Any]) -> None:
     env = set(services["app"]["environment"])
-    missing = sorted(app_env_vars() - NOT_PASSED_THROUGH - env)
+    missing = sorted(app_env_vars() - NOT_PASSED_THROUGH - MIGRATE_ONLY - env)
     assert not missing, f"compose never passes {missing} to the app"
+    assert set(services["migrate"]["environment"]) >= MIGRATE_ONLY
+
+
+def test_only_the_migrate_job_holds_the_superuser_password(services: dict[str, Any]) -> None:
+    """Every other database client logs in as its own least-privilege role (app/roles.py)."""
+    holders = {
+        name
+        for name, service in services.items()
+        for volume in service.get("volumes") or []
+        if volume.get("source") == "secrets" and (volume.get("volume") or {}).get("subpath") == "postgres_password"
+    }
+    assert holders == {"migrate", "postgres"}
+    assert services["app"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg2://tally_app@")
+    assert services["backup"]["environment"]["PGUSER"] == "tally_backup"
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_USER"] == "tally_exporter"
+    role_secrets = {"DB_APP_PASSWORD_FILE", "DB_BACKUP_PASSWORD_FILE", "DB_EXPORTER_PASSWORD_FILE"}
+    assert role_secrets <= set(services["migrate"]["environment"])
 
 
 def test_every_compose_variable_is_documented_in_env_example() -> None:

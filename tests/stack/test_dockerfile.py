@@ -87,7 +87,19 @@ def test_dependencies_come_from_the_lock_only() -> None:
     installs = re.findall(r"pip install ([^&]+)", runs)
     assert installs, "no pip install found"
     for cmd in installs:
-        assert "--no-deps" in cmd and "requirements.lock" in cmd, cmd
+        assert "--no-deps" in cmd and "--require-hashes" in cmd and "requirements.lock" in cmd, cmd
+
+
+def test_the_lock_pins_every_package_with_hashes() -> None:
+    """--require-hashes refuses a lock without them; this says which package lost its hashes."""
+    lock = (REPO / "requirements.lock").read_text()
+    entries = re.split(r"\n(?=[a-z0-9])", lock.split("\n\n", 1)[-1] if "\n\n" in lock else lock)
+    packages = [e for e in entries if re.match(r"[a-z0-9][a-z0-9._-]*==", e)]
+    assert len(packages) >= 15
+    for entry in packages:
+        assert "--hash=sha256:" in entry, entry.splitlines()[0]
+    makefile = (REPO / "Makefile").read_text()
+    assert "--require-hashes -r requirements.lock" in makefile and "--generate-hashes" in makefile
 
 
 def test_runs_as_a_fixed_non_root_user() -> None:

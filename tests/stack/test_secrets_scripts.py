@@ -81,7 +81,14 @@ def assert_no_value_printed(result: subprocess.CompletedProcess[str], *values: s
 
 
 def test_the_job_knows_every_secret_of_the_stack() -> None:
-    assert MINIMUM == {"postgres_password": 16, "secret_key": 32, "grafana_admin_password": 12}
+    assert MINIMUM == {
+        "postgres_password": 16,
+        "secret_key": 32,
+        "grafana_admin_password": 12,
+        "db_app_password": 16,
+        "db_backup_password": 16,
+        "db_exporter_password": 16,
+    }
     # init-secrets.sh writes the same files, with the same lengths as the job generates.
     script = INIT_SH.read_text()
     for name, length in GENERATED.items():
@@ -148,7 +155,7 @@ def test_operator_files_fill_a_fresh_volume(dirs: tuple[Path, Path]) -> None:
     result = job(imports, store)
     assert result.returncode == 0, result.stderr
     assert stored(store) == {name: (imports / name).read_text() for name in GENERATED}
-    assert result.stdout.count("imported") == 3 and "generated" not in result.stdout
+    assert result.stdout.count("imported") == len(GENERATED) and "generated" not in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -195,10 +202,12 @@ def test_unreadable_operator_file_is_an_error_not_a_reason_to_generate(dirs: tup
     result = job(imports, store)
     assert result.returncode == 1
     assert "secrets/postgres_password is not readable by uid 10001" in result.stderr
-    assert "chmod 0711 secrets" in result.stderr
+    assert "sudo chown 10001 secrets secrets/postgres_password" in result.stderr
     assert "postgres_password" not in stored(store)
-    # The directory mode init-secrets.sh sets is enough.
-    imports.chmod(0o711)
+    # What init-secrets.sh does as root (and the fix says) is enough.
+    os.chown(imports, 10001, 10001)
+    os.chown(imports / "postgres_password", 10001, 10001)
+    (imports / "postgres_password").chmod(0o600)
     assert job(imports, store).returncode == 0
     assert stored(store)["postgres_password"] == "r" * 32
 
@@ -236,19 +245,25 @@ def init_sh(directory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(INIT_SH)], env=env, capture_output=True, text=True, timeout=30, check=False)
 
 
-def test_init_sh_writes_files_the_job_accepts(tmp_path: Path) -> None:
-    target = tmp_path / "secrets"
+def test_init_sh_writes_files_the_job_accepts(dirs: tuple[Path, Path]) -> None:
+    _, store = dirs
+    target = store.parent / "secrets"
     result = init_sh(target)
     assert result.returncode == 0, result.stderr
-    # Traversable (not listable) by the job's uid; files readable by it.
-    assert stat.S_IMODE(target.stat().st_mode) == 0o711
+    # As root (CI deploys, AWS): only the job's uid can enter the directory and read the files.
+    assert os.geteuid() == 0, "run as root: init-secrets.sh gives the files to uid 10001 only as root"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700 and target.stat().st_uid == 10001
     values = {}
     for name, length in GENERATED.items():
         value = (target / name).read_text()
         assert len(value) == length and value.isalnum(), name
         assert MODULE.problem(SPEC[name], value) is None
-        assert stat.S_IMODE((target / name).stat().st_mode) == 0o644, name
+        assert stat.S_IMODE((target / name).stat().st_mode) == 0o600, name
+        assert (target / name).stat().st_uid == 10001, name
         values[name] = value
+    # ... and the job (uid 10001) accepts them.
+    assert job(target, store).returncode == 0
+    assert stored(store) == values
     assert_no_value_printed(result, *values.values())
     assert len(set(values.values())) == len(values)
     assert not render().get("secrets"), "the base stack reads secrets from the volume, not compose file secrets"

@@ -174,7 +174,8 @@ def test_routers_reference_existing_things(model: dict[str, Any]) -> None:
         resolver = router.get("tls.certresolver", "")
         assert resolver == "" or resolver in resolvers, f"{name}: unknown resolver {resolver}"
         middlewares = router["middlewares"].split(",")
-        assert middlewares == ["tally-chain@file"], f"{name}: one chain label, got {middlewares}"
+        # One chain (tally-chain, or the app's tally-page-chain built on it), last, so nothing can skip it.
+        assert middlewares[-1] in ("tally-chain@file", "tally-page-chain@file"), f"{name}: got {middlewares}"
         for mw in middlewares:
             base, _, provider = mw.partition("@")
             if provider == "file":
@@ -189,7 +190,31 @@ def test_routers_reference_existing_things(model: dict[str, Any]) -> None:
         port = labels.get(f"traefik.http.services.{service}.loadbalancer.server.port")
         assert port, f"{name}: service {service} has no port on {router['container']}"
         assert labels.get(f"traefik.http.services.{service}.loadbalancer.healthcheck.path"), name
-        assert f["providers.docker.network"].rsplit("_", 1)[1] in (svc.get("networks") or {}), name
+        network = labels.get("traefik.docker.network") or f["providers.docker.network"]
+        assert network.rsplit("_", 1)[1] in (svc.get("networks") or {}), name
+
+
+def test_headers_hsts_two_years_with_subdomains_and_a_strict_page_csp() -> None:
+    mws = dynamic_config()["http"]["middlewares"]
+    headers = mws["security-headers"]["headers"]
+    assert headers["stsSeconds"] >= 63072000 and headers["stsIncludeSubdomains"] is True
+    assert headers["stsPreload"] is False, "preload is the operator's decision (hstspreload.org)"
+    assert mws["tally-page-chain"]["chain"]["middlewares"] == ["tally-chain", "page-csp"]
+    policy = mws["page-csp"]["headers"]["contentSecurityPolicy"]
+    csp = {part.split()[0]: part.split()[1:] for part in policy.split(";")}
+    assert csp["default-src"] == ["'none'"] and csp["frame-ancestors"] == ["'none'"]
+    assert "script-src" not in csp and "'unsafe-inline'" not in str(csp)
+
+
+def test_grafana_is_not_public_by_default(model: dict[str, Any]) -> None:
+    grafana = model["services"]["grafana"]
+    labels = grafana["labels"]
+    assert labels["traefik.http.routers.grafana.middlewares"].split(",")[0] == "grafana-allowlist"
+    assert labels["traefik.http.middlewares.grafana-allowlist.ipallowlist.sourcerange"] == "127.0.0.1/32"
+    assert [p["host_ip"] for p in grafana["ports"]] == ["127.0.0.1"], "only the SSH tunnel's loopback end"
+    allowed = "203.0.113.0/24,198.51.100.7/32"
+    opened = render({"GRAFANA_ALLOWED_IPS": allowed})["services"]["grafana"]["labels"]
+    assert opened["traefik.http.middlewares.grafana-allowlist.ipallowlist.sourcerange"] == allowed
 
 
 def test_app_router_targets_the_app_port_and_readiness(model: dict[str, Any]) -> None:

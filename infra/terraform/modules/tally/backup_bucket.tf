@@ -120,3 +120,21 @@ resource "aws_s3_bucket_policy" "backups" {
   # A bucket policy is rejected while the public access block is being set.
   depends_on = [aws_s3_bucket_public_access_block.backups]
 }
+
+# Object Lock: every backup version is kept at least backup_object_lock_days,
+# whoever asks to delete it (GOVERNANCE: only a principal with
+# s3:BypassGovernanceRetention, which the instance role lacks; COMPLIANCE:
+# nobody). Enabled on the versioned bucket by this resource, so an existing
+# bucket is not replaced.
+resource "aws_s3_bucket_object_lock_configuration" "backups" {
+  bucket = aws_s3_bucket.backups.id
+
+  rule {
+    default_retention {
+      mode = var.backup_object_lock_mode
+      days = var.backup_object_lock_days
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.backups]
+}

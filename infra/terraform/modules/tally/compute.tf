@@ -67,9 +67,10 @@ resource "aws_instance" "this" {
   metadata_options {
     http_endpoint = "enabled"
     http_tokens   = "required"
-    # 2, not 1: the backup sidecar runs in a container (one extra network hop)
-    # and takes its S3 credentials from the instance role through IMDSv2.
-    http_put_response_hop_limit = 2
+    # 1: only the host reaches IMDS, no container can fetch the role's
+    # credentials. The backup sidecar gets them from the host (tally-bootstrap
+    # writes secrets/aws_credentials and a timer renews it).
+    http_put_response_hop_limit = 1
     instance_metadata_tags      = "disabled"
   }
 
@@ -136,6 +137,9 @@ locals {
 
   stack_settings = merge(
     local.offsite_backups ? { COMPOSE_FILE = "compose.yaml:backup/compose.offsite.yaml" } : {},
+    # The images the pipeline built and scanned (by digest): the server pulls
+    # and runs them instead of building from the checkout.
+    var.tally_image == "" ? {} : { TALLY_IMAGE = var.tally_image, TALLY_BACKUP_IMAGE = var.tally_backup_image },
     var.extra_env,
     {
       # Without a domain the routers must match the Elastic IP, the name

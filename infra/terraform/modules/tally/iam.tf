@@ -1,6 +1,8 @@
-# The instance role may touch exactly: the backup bucket (read, write,
-# delete-marker only: no version deletion, so a compromised host cannot erase
-# history), its own SSM parameters, and, when enabled, SSM Session Manager.
+# The instance role may touch exactly: the backup bucket (read and write, no
+# delete at all: old backups go by lifecycle rules, and Object Lock keeps them
+# even from the bucket owner's mistakes), its own SSM parameters (read, and
+# create once at first boot: never overwrite), and, when enabled, SSM Session
+# Manager. Only the host can use the role (IMDS hop limit 1, compute.tf).
 
 resource "aws_iam_role" "instance" {
   name_prefix = "${var.name}-server-"
@@ -34,7 +36,6 @@ locals {
         Action = [
           "s3:GetObject",
           "s3:PutObject",
-          "s3:DeleteObject",
           "s3:AbortMultipartUpload",
           "s3:ListMultipartUploadParts",
         ]
@@ -46,6 +47,15 @@ locals {
         Effect   = "Allow"
         Action   = ["ssm:GetParameter", "ssm:GetParameters", "ssm:PutParameter"]
         Resource = local.ssm_parameter_arn
+      },
+      {
+        # ... but only a parameter that does not exist yet: a compromised host
+        # cannot replace the stack's secrets.
+        Sid       = "StackSecretsWrittenOnce"
+        Effect    = "Deny"
+        Action    = ["ssm:PutParameter"]
+        Resource  = local.ssm_parameter_arn
+        Condition = { StringEquals = { "ssm:Overwrite" = ["true"] } }
       },
     ],
     var.backup_kms_key_arn == null ? [] : [{

@@ -224,6 +224,33 @@ variable "repo_url" {
   }
 }
 
+variable "tally_image" {
+  description = "App image to run, pinned by digest (registry/tally:TAG@sha256:...): the TALLY_IMAGE the pipeline built and scanned. Empty: build from the checkout (not scanned). The host must be able to pull it (a public registry or a docker login)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.tally_image == "" || can(regex("^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$", var.tally_image))
+    error_message = "tally_image must be an image reference pinned by digest (...@sha256:<64 hex>), or empty."
+  }
+}
+
+variable "tally_backup_image" {
+  description = "Backup sidecar image, pinned by digest: the TALLY_BACKUP_IMAGE of the same pipeline. Required with tally_image."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.tally_backup_image == "" || can(regex("^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$", var.tally_backup_image))
+    error_message = "tally_backup_image must be an image reference pinned by digest (...@sha256:<64 hex>), or empty."
+  }
+
+  validation {
+    condition     = (var.tally_image == "") == (var.tally_backup_image == "")
+    error_message = "Set tally_image and tally_backup_image together (both from the same pipeline), or neither."
+  }
+}
+
 variable "repo_ref" {
   description = "Git ref deployed: a release tag (recommended, e.g. v1.0.0) or a full commit SHA. Changing it replaces the instance (data survives on the data volume)."
   type        = string
@@ -382,6 +409,28 @@ variable "backup_noncurrent_days" {
   validation {
     condition     = var.backup_noncurrent_days >= 1 && var.backup_noncurrent_days <= 3650
     error_message = "backup_noncurrent_days must be between 1 and 3650."
+  }
+}
+
+variable "backup_object_lock_days" {
+  description = "S3 Object Lock: days every backup object version is protected from deletion and overwrite."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.backup_object_lock_days >= 1 && var.backup_object_lock_days <= 3650
+    error_message = "backup_object_lock_days must be between 1 and 3650."
+  }
+}
+
+variable "backup_object_lock_mode" {
+  description = "S3 Object Lock mode: GOVERNANCE (an admin with s3:BypassGovernanceRetention may still delete) or COMPLIANCE (nobody may, not even the account root, until the retention ends)."
+  type        = string
+  default     = "GOVERNANCE"
+
+  validation {
+    condition     = contains(["GOVERNANCE", "COMPLIANCE"], var.backup_object_lock_mode)
+    error_message = "backup_object_lock_mode must be GOVERNANCE or COMPLIANCE."
   }
 }
 

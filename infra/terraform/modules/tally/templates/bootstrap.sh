@@ -238,9 +238,8 @@ write_secrets() {
   if [[ -n ${TALLY_BACKUP_AGE_RECIPIENT:-} ]]; then
     # The offsite overlay (backup/compose.offsite.yaml) mounts both files.
     printf '%s\n' "$TALLY_BACKUP_AGE_RECIPIENT" >"$dir/backup_age_recipient"
-    # No keys on purpose: with an empty shared-credentials file the AWS CLI
-    # in the sidecar falls through to the instance role (IMDSv2).
-    printf '# Intentionally empty: credentials come from the EC2 instance role.\n' >"$dir/aws_credentials"
+    # Filled by write_backup_credentials (the sidecar cannot reach IMDS).
+    [[ -e $dir/aws_credentials ]] || printf '# Written by tally-bootstrap from the instance role.\n' >"$dir/aws_credentials"
     chmod 0644 "$dir/backup_age_recipient" "$dir/aws_credentials"
   fi
   log "wrote secrets/ ($TALLY_SECRET_NAMES${TALLY_BACKUP_AGE_RECIPIENT:+ backup_age_recipient aws_credentials})"
@@ -262,10 +261,72 @@ write_dotenv() {
   mv "$tmp" "$target"
 }
 
+# With the pipeline's images (TALLY_IMAGE and TALLY_BACKUP_IMAGE, pinned by
+# digest) the server runs exactly the bytes that were scanned and builds
+# nothing; without them it builds from the checkout, as a development box.
 start_stack() {
   cd "$TALLY_CHECKOUT"
-  retry 900 docker compose pull --quiet --ignore-buildable
-  docker compose up -d --build --remove-orphans
+  if grep -Eq "^TALLY_IMAGE='?[^'[:space:]]+@sha256:" "$TALLY_STACK_ENV"; then
+    log "running the pipeline's images (pinned by digest); nothing is built here"
+    retry 900 docker compose pull --quiet
+    docker compose up -d --no-build --remove-orphans
+  else
+    log "no tally_image set: building the images from the checkout (not scanned by the pipeline)"
+    retry 900 docker compose pull --quiet --ignore-buildable
+    docker compose up -d --build --remove-orphans
+  fi
+}
+
+IMDS=${TALLY_IMDS_URL:-http://169.254.169.254}
+
+# The offsite copy's credentials. IMDS answers only the host (hop limit 1),
+# so the backup sidecar cannot fetch the instance role's temporary
+# credentials itself: they are written into its credentials file, in place
+# (Compose bind-mounts the file, a new inode would not be seen), and
+# tally-backup-credentials.timer renews them long before they expire.
+write_backup_credentials() {
+  local file=$TALLY_CHECKOUT/secrets/aws_credentials token role json
+  [[ -n ${TALLY_BACKUP_AGE_RECIPIENT:-} ]] || return 0
+  token=$(curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$IMDS/latest/api/token")
+  role=$(curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" "$IMDS/latest/meta-data/iam/security-credentials/")
+  json=$(curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" \
+    "$IMDS/latest/meta-data/iam/security-credentials/${role%%$'\n'*}")
+  python3 -c '
+import json, sys
+c = json.loads(sys.stdin.read())
+print("[default]")
+print("aws_access_key_id = " + c["AccessKeyId"])
+print("aws_secret_access_key = " + c["SecretAccessKey"])
+print("aws_session_token = " + c["Token"])
+' <<<"$json" >"$file.new"
+  [[ -e $file ]] || install -m 0644 /dev/null "$file"
+  cat "$file.new" >"$file"
+  rm -f "$file.new"
+}
+
+install_credentials_timer() {
+  [[ -n ${TALLY_BACKUP_AGE_RECIPIENT:-} ]] || return 0
+  cat >/etc/systemd/system/tally-backup-credentials.service <<'UNIT'
+[Unit]
+Description=Renew the Tally backup sidecar's S3 credentials from the instance role
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/tally-bootstrap backup-credentials
+UNIT
+  cat >/etc/systemd/system/tally-backup-credentials.timer <<'UNIT'
+[Unit]
+Description=Renew the Tally backup sidecar's S3 credentials every 15 minutes
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=15min
+
+[Install]
+WantedBy=timers.target
+UNIT
+  systemctl daemon-reload
+  systemctl enable --now tally-backup-credentials.timer
 }
 
 wait_healthy() {
@@ -296,6 +357,8 @@ main() {
   install_docker
   fetch_repo
   write_secrets
+  write_backup_credentials
+  install_credentials_timer
   write_dotenv
   start_stack
   wait_healthy
@@ -304,5 +367,11 @@ main() {
 
 # Run main only when executed, not when sourced (the tests source it).
 if ! (return 0 2>/dev/null); then
-  main "$@"
+  if [[ ${1:-} == backup-credentials ]]; then
+    # shellcheck source=/dev/null
+    . "$TALLY_CONFIG"
+    write_backup_credentials
+  else
+    main "$@"
+  fi
 fi

@@ -27,9 +27,35 @@ run "bucket_is_private_versioned_encrypted" {
   assert {
     condition = alltrue([
       for s in jsondecode(aws_iam_role_policy.instance.policy).Statement :
-      s.Effect == "Allow" && !contains(flatten([s.Resource]), "*") && !anytrue([for a in flatten([s.Action]) : endswith(a, ":*") || a == "*"])
+      !contains(flatten([s.Resource]), "*") && !anytrue([for a in flatten([s.Action]) : endswith(a, ":*") || a == "*"])
     ])
     error_message = "No wildcard action or resource in the instance policy."
+  }
+
+  assert {
+    condition = !anytrue([
+      for s in jsondecode(aws_iam_role_policy.instance.policy).Statement :
+      s.Effect == "Allow" && anytrue([for a in flatten([s.Action]) : startswith(a, "s3:Delete") || startswith(a, "s3:PutObjectRetention") || startswith(a, "s3:BypassGovernance") || startswith(a, "ssm:Delete")])
+    ])
+    error_message = "The server must not be able to delete backups (or unlock them) or delete its secrets."
+  }
+
+  assert {
+    condition = anytrue([
+      for s in jsondecode(aws_iam_role_policy.instance.policy).Statement :
+      s.Effect == "Deny" && contains(flatten([s.Action]), "ssm:PutParameter") &&
+      s.Resource == "arn:aws:ssm:eu-west-1:123456789012:parameter/tally/*" &&
+      try(s.Condition.StringEquals["ssm:Overwrite"], []) == ["true"]
+    ])
+    error_message = "The stack secrets are written once: the instance role may create but never overwrite an SSM parameter."
+  }
+
+  assert {
+    condition = (
+      one(aws_s3_bucket_object_lock_configuration.backups.rule[0].default_retention).mode == "GOVERNANCE" &&
+      one(aws_s3_bucket_object_lock_configuration.backups.rule[0].default_retention).days == 30
+    )
+    error_message = "Backups must be under S3 Object Lock (GOVERNANCE, 30 days by default)."
   }
 
   assert {
@@ -129,6 +155,8 @@ run "customer_keys_and_no_expiry" {
   command = plan
 
   variables {
+    backup_object_lock_mode   = "COMPLIANCE"
+    backup_object_lock_days   = 90
     backup_kms_key_arn        = "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"
     ebs_kms_key_arn           = "arn:aws:kms:eu-west-1:123456789012:key/66666666-7777-8888-9999-000000000000"
     backup_expiration_days    = 0
@@ -138,6 +166,11 @@ run "customer_keys_and_no_expiry" {
   assert {
     condition     = alltrue([for r in aws_s3_bucket_lifecycle_configuration.backups.rule : length(r.expiration) == 0 && length(r.transition) == 0])
     error_message = "0 must disable expiry and the IA transition."
+  }
+
+  assert {
+    condition     = one(aws_s3_bucket_object_lock_configuration.backups.rule[0].default_retention).mode == "COMPLIANCE" && one(aws_s3_bucket_object_lock_configuration.backups.rule[0].default_retention).days == 90
+    error_message = "The Object Lock mode and days must follow the variables."
   }
 
   assert {

@@ -169,3 +169,22 @@ run "no_domain_age_recipient_ssm_prefix" {
     error_message = "The role's SSM permission must follow ssm_parameter_prefix."
   }
 }
+
+run "runs_the_pipeline_images_by_digest" {
+  command = plan
+
+  variables {
+    tally_image        = "registry.example.com/tally:1.3.0-build.57@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    tally_backup_image = "registry.example.com/tally/backup:1.3.0-build.57@sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+  }
+
+  assert {
+    condition = alltrue([
+      for line in [
+        "TALLY_IMAGE='registry.example.com/tally:1.3.0-build.57@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef'",
+        "TALLY_BACKUP_IMAGE='registry.example.com/tally/backup:1.3.0-build.57@sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210'",
+      ] : strcontains(one([for f in yamldecode(output.user_data).write_files : f.content if f.path == "/etc/tally/stack.env"]), line)
+    ])
+    error_message = "The stack must run the pipeline's images, pinned by digest."
+  }
+}

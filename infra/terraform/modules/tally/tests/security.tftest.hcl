@@ -23,8 +23,8 @@ run "defaults_web_open_ssh_closed_instance_hardened" {
   }
 
   assert {
-    condition     = aws_instance.this.metadata_options[0].http_endpoint == "enabled" && aws_instance.this.metadata_options[0].http_put_response_hop_limit == 2
-    error_message = "IMDS must stay reachable from containers (hop limit 2) for the backup sidecar's role credentials."
+    condition     = aws_instance.this.metadata_options[0].http_endpoint == "enabled" && aws_instance.this.metadata_options[0].http_put_response_hop_limit == 1
+    error_message = "IMDS must answer the host only (hop limit 1): no container may fetch the instance role's credentials."
   }
 
   assert {

@@ -67,6 +67,7 @@ run "refuses_malformed_values" {
     backup_age_recipient      = "AGE-SECRET-KEY-1QQQQ"
     backup_ia_transition_days = 10
     extra_env                 = { DOMAIN = "evil.example.com" }
+    tally_image               = "registry.example.com/tally:1.3.0"
   }
 
   # acme_email fails because a domain without a contact address is refused.
@@ -76,5 +77,18 @@ run "refuses_malformed_values" {
     var.backup_age_recipient,
     var.backup_ia_transition_days,
     var.extra_env,
+    var.tally_image,
+  ]
+}
+
+run "refuses_an_app_image_without_its_backup_image" {
+  command = plan
+
+  variables {
+    tally_image = "registry.example.com/tally:1.3.0-build.57@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+  }
+
+  expect_failures = [
+    var.tally_backup_image,
   ]
 }
