@@ -6,8 +6,8 @@ the passwords from their secret files, so editing a file rotates a password), ha
 the schema to the owner role, runs the migrations *as* that owner and grants the app its tables. The
 same steps upgrade a database made by an older version, where the superuser owned everything.
 
-To give a role more (e.g. ``REPLICATION`` for WAL streaming), change its ``attributes`` or
-``member_of`` here, or add a ``Role``; the next migration run applies it.
+To give a role more, change its ``attributes`` or ``member_of`` here, or add a ``Role``; the next
+migration run applies it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ APP = "tally_app"
 BACKUP = "tally_backup"
 EXPORTER = "tally_exporter"
 
-_NOTHING_SPECIAL = "NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+_NO_ADMIN = "NOSUPERUSER NOCREATEROLE NOBYPASSRLS"
+_NOTHING_SPECIAL = f"{_NO_ADMIN} NOREPLICATION"
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ ROLES = (
     # Reads and writes rows of the tables it uses (grants below); no DDL, no COPY ... PROGRAM, no files.
     Role(APP, f"LOGIN NOCREATEDB {_NOTHING_SPECIAL}", login_variable="DB_APP_PASSWORD"),
     # Dumps (pg_read_all_data); verify and restore create, fill, rename and drop databases (CREATEDB, the
-    # owner's rights for what it restores, pg_signal_backend to end the app's sessions on the old one).
+    # owner's rights for what it restores, pg_signal_backend to end the app's sessions on the old one);
+    # REPLICATION for pg_receivewal and pg_basebackup (point-in-time recovery, docs/backup-restore.md).
     Role(
         BACKUP,
-        f"LOGIN CREATEDB {_NOTHING_SPECIAL}",
+        f"LOGIN CREATEDB REPLICATION {_NO_ADMIN}",
         member_of=("pg_read_all_data", "pg_signal_backend", OWNER),
         login_variable="DB_BACKUP_PASSWORD",
     ),

@@ -341,7 +341,7 @@ def test_offsite_copy_of_base_backups_and_wal_restores_on_a_new_host(cluster: Cl
 
 
 def test_the_stacks_pg_hba_lets_the_sidecar_replicate_over_the_network_with_its_password() -> None:
-    """postgres/pg_hba.conf on a real server, as the compose `tally` role with its password. A socat
+    """postgres/pg_hba.conf on a real server, as the compose `tally_backup` role with its password. A socat
     relay connects from 127.0.0.3, standing for the backend network (the localhost lines are trust)."""
     conf = Path(tempfile.mkdtemp(prefix="tally-hba-"))
     conf.chmod(0o755)
@@ -359,7 +359,7 @@ def test_the_stacks_pg_hba_lets_the_sidecar_replicate_over_the_network_with_its_
         start_new_session=True,
     )
     try:
-        server.execute("CREATE ROLE tally LOGIN SUPERUSER PASSWORD 'sidecar-secret'")
+        server.execute("CREATE ROLE tally_backup LOGIN REPLICATION PASSWORD 'sidecar-secret'")
         server.execute("CREATE ROLE visitor LOGIN REPLICATION PASSWORD 'other-secret'")
 
         def connect(user: str, password: str, replication: bool = True) -> subprocess.CompletedProcess[str]:
@@ -373,11 +373,11 @@ def test_the_stacks_pg_hba_lets_the_sidecar_replicate_over_the_network_with_its_
                 check=False,
             )
 
-        wait_until(lambda: connect("tally", "sidecar-secret", replication=False).returncode == 0, timeout=20)
-        assert connect("tally", "sidecar-secret", replication=False).stdout.strip() == "127.0.0.3"
-        allowed = connect("tally", "sidecar-secret")
+        wait_until(lambda: connect("tally_backup", "sidecar-secret", replication=False).returncode == 0, timeout=20)
+        assert connect("tally_backup", "sidecar-secret", replication=False).stdout.strip() == "127.0.0.3"
+        allowed = connect("tally_backup", "sidecar-secret")
         assert allowed.returncode == 0, allowed.stderr
-        wrong_password = connect("tally", "guess")
+        wrong_password = connect("tally_backup", "guess")
         assert wrong_password.returncode != 0 and "password authentication failed" in wrong_password.stderr
         other_role = connect("visitor", "other-secret")
         assert other_role.returncode != 0 and "no pg_hba.conf entry for replication" in other_role.stderr

@@ -353,7 +353,7 @@ def test_deploy_jobs_use_environments_ssh_and_the_repo_script(preview: dict[str,
     # A failed production deploy is a red pipeline, and both jobs check the page itself, not just /version.
     assert not production.get("allow_failure", False)
     for name in ("deploy-staging", "deploy-production"):
-        script = script_text(resolved(config, name))
+        script = script_text(preview[name])
         assert '"$CI_ENVIRONMENT_URL/readyz"' in script and '"$CI_ENVIRONMENT_URL/"' in script
         assert 'grep -q "You have visited this page"' in script
 
@@ -377,10 +377,10 @@ def test_no_secret_values_in_the_file() -> None:
     assert "BEGIN OPENSSH PRIVATE KEY" not in text and "BEGIN RSA PRIVATE KEY" not in text
 
 
-def test_both_images_are_built_by_digest_and_scanned() -> None:
-    config = ci()
-    build = script_text(resolved(config, "build-image"))
+@pytest.mark.slow
+def test_both_images_are_built_by_digest_and_scanned(preview: dict[str, Any]) -> None:
+    build = script_text(preview["build-image"])
     assert "TALLY_BACKUP_IMAGE=" in build and '"$CI_REGISTRY_IMAGE/backup:$IMAGE_TAG@$BACKUP_DIGEST"' in build
-    scan = script_text(resolved(config, "container-scan"))
+    scan = script_text(preview["container-scan"])
     for image in ("$TALLY_IMAGE", "$TALLY_BACKUP_IMAGE"):
         assert f'--exit-code 1 --severity HIGH,CRITICAL --ignore-unfixed "{image}"' in scan
