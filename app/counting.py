@@ -149,8 +149,8 @@ def record_visit(engine: Engine, key: bytes, today: dt.date | None = None) -> Vi
     day = today or utc_today()
     shard = random.randrange(COUNTER_SHARDS)
     if engine.dialect.name == "postgresql":
-        # Autocommit: the single statement is its own transaction, so no BEGIN/COMMIT round trips.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # The engine autocommits (app/db.py): the single statement is its own transaction.
+        with engine.connect() as connection:
             row = connection.execute(_POSTGRES_VISIT, {"key": key, "today": day, "shard": shard}).one()
         # PostgreSQL's sum() over bigint is numeric (Decimal in Python): hand out plain ints.
         return VisitResult(

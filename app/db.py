@@ -18,6 +18,10 @@ def engine_options(config: Config) -> dict[str, Any]:
             "max_overflow": config.db_max_overflow,
             "pool_timeout": config.db_pool_timeout,
             "pool_recycle": 1800,
+            # Every request runs single statements, each its own transaction: no BEGIN/COMMIT round trips.
+            # Set once per connection, so nothing has to be reset (and fail on a broken connection) at
+            # check-in. Migrations ask for a transaction themselves (app/migrations/env.py).
+            "isolation_level": "AUTOCOMMIT",
             "connect_args": {
                 "connect_timeout": config.db_connect_timeout,
                 "application_name": "tally",

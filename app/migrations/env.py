@@ -37,6 +37,8 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"
         if postgres:
+            # The app's engine autocommits every statement (app/db.py); a migration needs transactions.
+            connection.execution_options(isolation_level="READ COMMITTED")
             # The app's statement timeout suits requests, not a migration or a replica waiting its turn.
             connection.execute(text("SET statement_timeout = 0"))
             connection.execute(text("SET lock_timeout = 0"))

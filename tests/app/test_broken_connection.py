@@ -1,0 +1,104 @@
+"""A connection that breaks at any point of a visit is a 503 (nothing stored) or an acknowledged visit.
+
+Each test kills the server process behind the visit's own connection (pg_terminate_backend from a
+second connection, waiting until it is gone) at one point of the visit, chosen with a SQLAlchemy
+event, and checks the answer against what the database holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import event
+
+from tests.app.helpers import database_totals, visits_on_page
+from tests.conftest import make_config, migrated_app
+from tests.support.postgres import ExternalPostgres, PostgresServer
+
+ADDRESS = "192.0.2.10"
+
+# point -> (event target, event name, status of the visit during which the connection breaks)
+POINTS = {
+    # After the pool handed the connection out (and after any liveness check): the statement fails.
+    "checkout": ("pool", "checkout", 503),
+    "statement": ("engine", "before_cursor_execute", 503),
+    # The statement committed and its row came back: the visit is stored, so it must be acknowledged.
+    "after_commit": ("engine", "after_cursor_execute", 200),
+    "check_in": ("pool", "reset", 200),
+}
+
+
+class Killer:
+    """Terminates the backend of the connection that fires the armed event, once."""
+
+    def __init__(self, server: PostgresServer | ExternalPostgres) -> None:
+        self.server = server
+        self.armed = False
+        self.killed: list[int] = []
+
+    def __call__(self, *args: Any) -> None:
+        if not self.armed:
+            return
+        self.armed = False
+        pid = _backend_pid(args[0])
+        # The two-argument form waits (up to 5 s) until the process has exited.
+        assert self.server.execute(f"SELECT pg_terminate_backend({pid}, 5000)") == [(True,)]
+        self.killed.append(pid)
+
+
+def _backend_pid(connection: Any) -> int:
+    """The server pid behind a pool's DBAPI connection or an engine's Connection (psycopg2 and 3)."""
+    dbapi = getattr(connection, "connection", connection)
+    dbapi = getattr(dbapi, "dbapi_connection", dbapi)
+    pid: int = dbapi.info.backend_pid
+    return pid
+
+
+@pytest.fixture
+def app(pg_database: str) -> Flask:
+    return migrated_app(make_config(pg_database))
+
+
+def visit(app: Flask) -> tuple[int, str]:
+    response = app.test_client().get("/", environ_base={"REMOTE_ADDR": ADDRESS})
+    return response.status_code, response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_connection_broken_during_a_visit(app: Flask, pg_server: PostgresServer | ExternalPostgres, point: str) -> None:
+    target_name, event_name, expected = POINTS[point]
+    engine = app.extensions["tally"].engine
+    killer = Killer(pg_server)
+    event.listen(engine.pool if target_name == "pool" else engine, event_name, killer)
+    assert visit(app)[0] == 200  # the pool holds a live connection now
+
+    killer.armed = True
+    status, body = visit(app)
+    assert killer.killed, f"the {event_name} event never fired"
+    assert status == expected, body[:300]
+    if status == 503:
+        assert "Temporarily unavailable" in body
+    stored = 2 if expected == 200 else 1
+    assert database_totals(app)["visits"] == stored
+
+    # The next visit works on a fresh connection and counts from what is stored.
+    status, body = visit(app)
+    assert status == 200, body[:300]
+    assert visits_on_page(body) == stored + 1
+
+
+def test_connection_that_died_idle_in_the_pool_is_replaced(
+    app: Flask, pg_server: PostgresServer | ExternalPostgres
+) -> None:
+    """A database restart kills every pooled connection: the next visit must not fail on one of them."""
+    engine = app.extensions["tally"].engine
+    killer = Killer(pg_server)
+    event.listen(engine.pool, "checkin", killer)
+    killer.armed = True
+    assert visit(app)[0] == 200
+    assert killer.killed
+    status, body = visit(app)
+    assert status == 200, body[:300]
+    assert visits_on_page(body) == 2
