@@ -83,7 +83,7 @@ def create_app(config: Config | None = None) -> Flask:
         return response
 
     app.register_blueprint(bp)
-    register_error_handlers(app)
+    register_error_handlers(app, engine.dialect.loaded_dbapi.OperationalError)
     log.info("tally started", extra={"version": build.version, "database": config.database_url.get_backend_name()})
     return app
 

@@ -102,3 +102,11 @@ def test_connection_that_died_idle_in_the_pool_is_replaced(
     status, body = visit(app)
     assert status == 200, body[:300]
     assert visits_on_page(body) == 2
+
+
+def test_exhausted_pool_is_a_503(pg_database: str) -> None:
+    app = migrated_app(make_config(pg_database, DB_POOL_SIZE="1", DB_MAX_OVERFLOW="0", DB_POOL_TIMEOUT="0.1"))
+    with app.extensions["tally"].engine.connect():  # holds the only connection
+        status, body = visit(app)
+    assert status == 503, body[:300]
+    assert visit(app)[0] == 200
