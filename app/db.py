@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import InvalidatePoolError
 
 from .config import Config
 
@@ -12,8 +14,6 @@ from .config import Config
 def engine_options(config: Config) -> dict[str, Any]:
     if config.is_postgres:
         return {
-            # A connection killed by a database restart is replaced before use, not failed on.
-            "pool_pre_ping": True,
             "pool_size": config.db_pool_size,
             "max_overflow": config.db_max_overflow,
             "pool_timeout": config.db_pool_timeout,
@@ -30,6 +30,24 @@ def engine_options(config: Config) -> dict[str, Any]:
             },
         }
     return {"connect_args": {"timeout": config.db_statement_timeout_ms / 1000, "check_same_thread": False}}
+
+
+def replace_closed_connections(engine: Engine) -> None:
+    """A connection the server closed while it sat in the pool (a restart, a terminated backend) is
+    replaced at checkout instead of failing the request.
+
+    This does what ``pool_pre_ping`` does without its round trip (which cost more than the visit
+    statement's own client work, docs/capacity.md): an idle connection has nothing to read, so a
+    readable socket means the server sent its goodbye (an error message) or closed it.
+    """
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN)
+        if poller.poll(0):
+            # SQLAlchemy reconnects this one and every connection older than it.
+            raise InvalidatePoolError("the server closed this pooled connection")
 
 
 def prepare_sqlite(engine: Engine) -> None:
