@@ -83,9 +83,16 @@ def postgres_visit_sql(key: str, today: str, shard: str) -> str:
     """  # noqa: S608
 
 
+# A server-side prepared statement: PostgreSQL parses and plans the visit once per connection instead
+# of on every visit (docs/capacity.md). Prepared on a connection's first visit, not when it connects:
+# migrations connect before the tables exist. A later migration makes PostgreSQL re-plan it by itself.
+VISIT_STATEMENT_NAME = "tally_visit"
+_PREPARE_VISIT = (
+    f"PREPARE {VISIT_STATEMENT_NAME} (bytea, date, smallint) AS {postgres_visit_sql(key='$1', today='$2', shard='$3')}"
+)
 # Run as driver SQL: SQLAlchemy's compile, bind and result-typing steps cost more CPU than the
 # driver's own work for this one statement (docs/capacity.md). psycopg2 and psycopg 3 share this style.
-_POSTGRES_VISIT = postgres_visit_sql(key="%(key)s", today="%(today)s", shard="%(shard)s")
+_EXECUTE_VISIT = f"EXECUTE {VISIT_STATEMENT_NAME} (%(key)s, %(today)s, %(shard)s)"
 
 _SQLITE_SELECT_VISITOR = (
     text("SELECT visits, last_day FROM visitors WHERE visitor_key = :key")
@@ -145,7 +152,12 @@ def record_visit(engine: Engine, key: bytes, today: dt.date | None = None) -> Vi
     if engine.dialect.name == "postgresql":
         # The engine autocommits (app/db.py): the single statement is its own transaction.
         with engine.connect() as connection:
-            row = connection.exec_driver_sql(_POSTGRES_VISIT, {"key": key, "today": day, "shard": shard}).one()
+            # The pool keeps this dict with the DBAPI connection; a replaced connection starts empty.
+            prepared = connection.connection.info
+            if VISIT_STATEMENT_NAME not in prepared:
+                connection.exec_driver_sql(_PREPARE_VISIT)
+                prepared[VISIT_STATEMENT_NAME] = True
+            row = connection.exec_driver_sql(_EXECUTE_VISIT, {"key": key, "today": day, "shard": shard}).one()
         # PostgreSQL's sum() over bigint is numeric (Decimal in Python): hand out plain ints.
         return VisitResult(
             int(row.visits), row.is_new_visitor, row.is_new_today, int(row.total_visitors), int(row.today_visitors)

@@ -15,8 +15,8 @@ returning, pgbench new, then again), so that one noisy moment cannot decide a ra
 - max throughput with wrk (closed loop, ``--connections`` connections, one wrk thread);
 - latency at a fixed 80 % of that throughput with bench/openloop.py (open loop, latency counted
   from each request's scheduled time, so queueing is not hidden);
-- pgbench with the app's own visit statement (``app.counting.postgres_visit_sql``), for returning
-  and new visitors: the database ceiling.
+- pgbench with the app's own visit statement (``app.counting.postgres_visit_sql``), prepared as the
+  app prepares it, for returning and new visitors: the database ceiling.
 - the composite ceiling per round, ``1 / (1 / hello + 1 / pgbench)``: what a visit would cost if the
   app added nothing to a hello-world route and the database's work. ``new/composite`` and
   ``returning/composite`` are reported as the median of the rounds with their min-max spread.
@@ -343,8 +343,9 @@ def pgbench(pg: PostgresServer, database: str, kind: str, clients: int, duration
         "1",
         "-T",
         f"{duration:g}",
+        # As the app runs it: a server-side prepared statement (app/counting.py), parsed and planned once.
         "-M",
-        "simple",
+        "prepared",
         "-f",
         str(script),
         "-l",
