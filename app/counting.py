@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import BigInteger, Date, Engine, LargeBinary, bindparam, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError
 
 from .models import COUNTER_SHARDS
 
@@ -93,6 +95,9 @@ _PREPARE_VISIT = (
 # Run as driver SQL: SQLAlchemy's compile, bind and result-typing steps cost more CPU than the
 # driver's own work for this one statement (docs/capacity.md). psycopg2 and psycopg 3 share this style.
 _EXECUTE_VISIT = f"EXECUTE {VISIT_STATEMENT_NAME} (%(key)s, %(today)s, %(shard)s)"
+_PLAIN_VISIT = postgres_visit_sql(key="%(key)s", today="%(today)s", shard="%(shard)s")
+# invalid_sql_statement_name, duplicate_prepared_statement: raised before the statement runs.
+_PREPARED_STATEMENT_LOST = {"26000", "42P05"}
 
 _SQLITE_SELECT_VISITOR = (
     text("SELECT visits, last_day FROM visitors WHERE visitor_key = :key")
@@ -152,18 +157,32 @@ def record_visit(engine: Engine, key: bytes, today: dt.date | None = None) -> Vi
     if engine.dialect.name == "postgresql":
         # The engine autocommits (app/db.py): the single statement is its own transaction.
         with engine.connect() as connection:
-            # The pool keeps this dict with the DBAPI connection; a replaced connection starts empty.
-            prepared = connection.connection.info
-            if VISIT_STATEMENT_NAME not in prepared:
-                connection.exec_driver_sql(_PREPARE_VISIT)
-                prepared[VISIT_STATEMENT_NAME] = True
-            row = connection.exec_driver_sql(_EXECUTE_VISIT, {"key": key, "today": day, "shard": shard}).one()
+            row = _postgres_visit(connection, {"key": key, "today": day, "shard": shard})
         # PostgreSQL's sum() over bigint is numeric (Decimal in Python): hand out plain ints.
         return VisitResult(
             int(row.visits), row.is_new_visitor, row.is_new_today, int(row.total_visitors), int(row.today_visitors)
         )
     with engine.begin() as connection:
         return _record_visit_sqlite(connection, key, day, shard)
+
+
+def _postgres_visit(connection: Connection, params: dict[str, object]) -> Row[Any]:
+    # The pool keeps this dict with the DBAPI connection; a replaced connection starts empty.
+    info = connection.connection.info
+    prepared = info.get(VISIT_STATEMENT_NAME)
+    if prepared is not False:
+        try:
+            if prepared is None:
+                connection.exec_driver_sql(_PREPARE_VISIT)
+                info[VISIT_STATEMENT_NAME] = True
+            return connection.exec_driver_sql(_EXECUTE_VISIT, params).one()
+        except DBAPIError as error:  # psycopg2 files 26000 under OperationalError, 42P05 under ProgrammingError
+            if getattr(error.orig, "pgcode", None) not in _PREPARED_STATEMENT_LOST:
+                raise
+            # Not this connection's own server session any more (a pooler such as PgBouncer in
+            # transaction mode, or a session reset): nothing ran, so run the statement in full, from now on.
+            info[VISIT_STATEMENT_NAME] = False
+    return connection.exec_driver_sql(_PLAIN_VISIT, params).one()
 
 
 def _record_visit_sqlite(connection: Connection, key: bytes, day: dt.date, shard: int) -> VisitResult:

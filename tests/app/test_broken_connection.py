@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import event
 
+from app.counting import VISIT_STATEMENT_NAME
 from tests.app.helpers import database_totals, visits_on_page
 from tests.conftest import make_config, migrated_app
 from tests.support.postgres import ExternalPostgres, PostgresServer
@@ -110,3 +111,21 @@ def test_exhausted_pool_is_a_503(pg_database: str) -> None:
         status, body = visit(app)
     assert status == 503, body[:300]
     assert visit(app)[0] == 200
+
+
+@pytest.mark.parametrize("lost", ["deallocated", "already_prepared"])
+def test_visit_survives_a_session_it_does_not_own(app: Flask, lost: str) -> None:
+    """Behind a pooler in transaction mode (PgBouncer) the server session changes under the app: the
+    prepared visit statement is missing, or already there. The visit runs in full instead, counted once."""
+    engine = app.extensions["tally"].engine
+    assert visit(app)[0] == 200  # prepares the statement on the pooled connection
+    with engine.connect() as connection:
+        if lost == "deallocated":
+            connection.exec_driver_sql(f"DEALLOCATE {VISIT_STATEMENT_NAME}")
+        else:
+            del connection.connection.info[VISIT_STATEMENT_NAME]
+    for expected in (2, 3):
+        status, body = visit(app)
+        assert status == 200, body[:300]
+        assert visits_on_page(body) == expected
+    assert database_totals(app)["visits"] == 3
