@@ -32,6 +32,9 @@ def engine_options(config: Config) -> dict[str, Any]:
     return {"connect_args": {"timeout": config.db_statement_timeout_ms / 1000, "check_same_thread": False}}
 
 
+_FRESH = "tally_fresh"
+
+
 def replace_closed_connections(engine: Engine) -> None:
     """A connection the server closed while it sat in the pool (a restart, a terminated backend) is
     replaced at checkout instead of failing the request.
@@ -41,8 +44,16 @@ def replace_closed_connections(engine: Engine) -> None:
     readable socket means the server sent its goodbye (an error message) or closed it.
     """
 
+    @event.listens_for(engine.pool, "connect")
+    def _connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_FRESH] = True
+
     @event.listens_for(engine.pool, "checkout")
-    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # As pre-ping does, trust a connection made for this checkout: one the server closes right away
+        # fails the statement (a 503), rather than exhausting the pool's reconnect attempts (a 500).
+        if record.info.pop(_FRESH, False):
+            return
         poller = select.poll()
         poller.register(dbapi_connection.fileno(), select.POLLIN)
         if poller.poll(0):

@@ -105,6 +105,23 @@ def test_connection_that_died_idle_in_the_pool_is_replaced(
     assert visits_on_page(body) == 2
 
 
+def test_replacement_closed_at_once_is_a_503(app: Flask, pg_server: PostgresServer | ExternalPostgres) -> None:
+    """During a restart the connection that replaces a dead pooled one can die too: a 503, not the pool's
+    'reconnect attempts exhausted' error (a 500)."""
+    engine = app.extensions["tally"].engine
+    idle_killer, new_killer = Killer(pg_server), Killer(pg_server)
+    event.listen(engine.pool, "checkin", idle_killer)
+    event.listen(engine.pool, "connect", new_killer)
+    idle_killer.armed = True
+    assert visit(app)[0] == 200  # its connection then dies idle in the pool
+    new_killer.armed = True
+    status, body = visit(app)
+    assert new_killer.killed
+    assert status == 503, body[:300]
+    assert database_totals(app)["visits"] == 1
+    assert visit(app)[0] == 200
+
+
 def test_exhausted_pool_is_a_503(pg_database: str) -> None:
     app = migrated_app(make_config(pg_database, DB_POOL_SIZE="1", DB_MAX_OVERFLOW="0", DB_POOL_TIMEOUT="0.1"))
     with app.extensions["tally"].engine.connect():  # holds the only connection
