@@ -94,8 +94,12 @@ lock: venv ## re-pin requirements*.lock from requirements*.in
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-node.lock requirements-node.in
 
 .PHONY: bench
-bench: deps ## side-by-side benchmark: GET / vs hello-world vs pgbench at 1 k / 1 M / 10 M visitors (docs/capacity.md)
+bench: deps ## side-by-side benchmark, interleaved rounds: GET / vs composite (hello-world + pgbench) at 1 k / 1 M visitors (docs/capacity.md)
 	$(BIN)/python -m bench.run
+
+.PHONY: bench-profile
+bench-profile: deps ## CPU and round trips of one visit in the app process (robust on a busy machine)
+	$(BIN)/python -m bench.profile_visit
 
 HOST ?= http://127.0.0.1:8000
 SHAPE ?= smoke

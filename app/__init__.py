@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .buildinfo import VersionFileError, load_build_info
 from .config import Config, load_config_or_exit
-from .db import engine_options, prepare_sqlite
+from .db import engine_options, prepare_sqlite, replace_closed_connections
 from .errors import register_error_handlers
 from .logs import REQUEST_ID_HEADER, assign_request_id, configure_logging
 from .metrics import init_metrics
@@ -59,7 +59,9 @@ def create_app(config: Config | None = None) -> Flask:
     Migrate(app, db, directory=str(MIGRATIONS_DIR))
     with app.app_context():
         engine = db.engine
-    if not config.is_postgres:
+    if config.is_postgres:
+        replace_closed_connections(engine)
+    else:
         prepare_sqlite(engine)
     metrics = init_metrics(app, config, build)
     metrics.watch_pool(engine, config.db_pool_size if config.is_postgres else 0)
@@ -92,7 +94,7 @@ def create_app(config: Config | None = None) -> Flask:
         return response
 
     app.register_blueprint(bp)
-    register_error_handlers(app)
+    register_error_handlers(app, engine.dialect.loaded_dbapi.OperationalError)
     log.info("tally started", extra={"version": build.version, "database": config.database_url.get_backend_name()})
     return app
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Date, Engine, LargeBinary, SmallInteger, bindparam, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import BigInteger, Date, Engine, LargeBinary, bindparam, text
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError
 
 from .models import COUNTER_SHARDS
 
@@ -42,19 +44,18 @@ class Stats:
     daily: tuple[DailyUniques, ...]
 
 
-_VISIT_PARAMS = (
-    bindparam("key", type_=LargeBinary),
-    bindparam("today", type_=Date),
-    bindparam("shard", type_=SmallInteger),
-)
+def postgres_visit_sql(key: str, today: str, shard: str) -> str:
+    """The visit statement, with SQL expressions (placeholders or values) for its three inputs.
 
-# xmax = 0 only on a freshly inserted row: the portable way to tell insert from update in one upsert.
-_POSTGRES_VISIT = (
-    text(
-        """
+    The app binds driver placeholders; ``make bench`` hands the same statement to pgbench with
+    pgbench expressions, so the database ceiling it measures is exactly the app's work.
+    """
+    # xmax = 0 only on a freshly inserted row: the portable way to tell insert from update in one upsert.
+    # The inputs are placeholders or pgbench expressions, never data: no injection (S608).
+    return f"""
     WITH visitor AS (
         INSERT INTO visitors AS v (visitor_key, visits, first_seen, last_seen, last_day, prev_day)
-        VALUES (:key, 1, now(), now(), :today, NULL)
+        VALUES ({key}, 1, now(), now(), {today}, NULL)
         ON CONFLICT (visitor_key) DO UPDATE
            SET visits = v.visits + 1, last_seen = now(), prev_day = v.last_day, last_day = EXCLUDED.last_day
         RETURNING visits, (xmax = 0) AS is_new_visitor, (prev_day IS DISTINCT FROM last_day) AS is_new_today
@@ -64,34 +65,39 @@ _POSTGRES_VISIT = (
           FROM visitor
     ), daily AS (
         INSERT INTO daily_shards AS d (day, shard, visits, unique_visitors, new_visitors)
-        SELECT :today, :shard, 1, new_today, new_visitor FROM flags
+        SELECT {today}, {shard}, 1, new_today, new_visitor FROM flags
         ON CONFLICT (day, shard) DO UPDATE
            SET visits = d.visits + 1,
                unique_visitors = d.unique_visitors + EXCLUDED.unique_visitors,
                new_visitors = d.new_visitors + EXCLUDED.new_visitors
     ), total AS (
         INSERT INTO total_shards AS t (shard, visits, visitors)
-        SELECT :shard, 1, new_visitor FROM flags
+        SELECT {shard}, 1, new_visitor FROM flags
         ON CONFLICT (shard) DO UPDATE
            SET visits = t.visits + 1, visitors = t.visitors + EXCLUDED.visitors
     )
     -- The sub-selects see the snapshot from before this statement, so add our own increments.
     SELECT f.visits, f.is_new_visitor, f.is_new_today,
            (SELECT coalesce(sum(visitors), 0) FROM total_shards) + f.new_visitor AS total_visitors,
-           (SELECT coalesce(sum(unique_visitors), 0) FROM daily_shards WHERE day = :today) + f.new_today
+           (SELECT coalesce(sum(unique_visitors), 0) FROM daily_shards WHERE day = {today}) + f.new_today
                AS today_visitors
       FROM flags f
-    """
-    )
-    .bindparams(*_VISIT_PARAMS)
-    .columns(
-        visits=BigInteger,
-        is_new_visitor=Boolean,
-        is_new_today=Boolean,
-        total_visitors=BigInteger,
-        today_visitors=BigInteger,
-    )
+    """  # noqa: S608
+
+
+# A server-side prepared statement: PostgreSQL parses and plans the visit once per connection instead
+# of on every visit (docs/capacity.md). Prepared on a connection's first visit, not when it connects:
+# migrations connect before the tables exist. A later migration makes PostgreSQL re-plan it by itself.
+VISIT_STATEMENT_NAME = "tally_visit"
+_PREPARE_VISIT = (
+    f"PREPARE {VISIT_STATEMENT_NAME} (bytea, date, smallint) AS {postgres_visit_sql(key='$1', today='$2', shard='$3')}"
 )
+# Run as driver SQL: SQLAlchemy's compile, bind and result-typing steps cost more CPU than the
+# driver's own work for this one statement (docs/capacity.md). psycopg2 and psycopg 3 share this style.
+_EXECUTE_VISIT = f"EXECUTE {VISIT_STATEMENT_NAME} (%(key)s, %(today)s, %(shard)s)"
+_PLAIN_VISIT = postgres_visit_sql(key="%(key)s", today="%(today)s", shard="%(shard)s")
+# invalid_sql_statement_name, duplicate_prepared_statement: raised before the statement runs.
+_PREPARED_STATEMENT_LOST = {"26000", "42P05"}
 
 _SQLITE_SELECT_VISITOR = (
     text("SELECT visits, last_day FROM visitors WHERE visitor_key = :key")
@@ -149,15 +155,34 @@ def record_visit(engine: Engine, key: bytes, today: dt.date | None = None) -> Vi
     day = today or utc_today()
     shard = random.randrange(COUNTER_SHARDS)
     if engine.dialect.name == "postgresql":
-        # Autocommit: the single statement is its own transaction, so no BEGIN/COMMIT round trips.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            row = connection.execute(_POSTGRES_VISIT, {"key": key, "today": day, "shard": shard}).one()
+        # The engine autocommits (app/db.py): the single statement is its own transaction.
+        with engine.connect() as connection:
+            row = _postgres_visit(connection, {"key": key, "today": day, "shard": shard})
         # PostgreSQL's sum() over bigint is numeric (Decimal in Python): hand out plain ints.
         return VisitResult(
             int(row.visits), row.is_new_visitor, row.is_new_today, int(row.total_visitors), int(row.today_visitors)
         )
     with engine.begin() as connection:
         return _record_visit_sqlite(connection, key, day, shard)
+
+
+def _postgres_visit(connection: Connection, params: dict[str, object]) -> Row[Any]:
+    # The pool keeps this dict with the DBAPI connection; a replaced connection starts empty.
+    info = connection.connection.info
+    prepared = info.get(VISIT_STATEMENT_NAME)
+    if prepared is not False:
+        try:
+            if prepared is None:
+                connection.exec_driver_sql(_PREPARE_VISIT)
+                info[VISIT_STATEMENT_NAME] = True
+            return connection.exec_driver_sql(_EXECUTE_VISIT, params).one()
+        except DBAPIError as error:  # psycopg2 files 26000 under OperationalError, 42P05 under ProgrammingError
+            if getattr(error.orig, "pgcode", None) not in _PREPARED_STATEMENT_LOST:
+                raise
+            # Not this connection's own server session any more (a pooler such as PgBouncer in
+            # transaction mode, or a session reset): nothing ran, so run the statement in full, from now on.
+            info[VISIT_STATEMENT_NAME] = False
+    return connection.exec_driver_sql(_PLAIN_VISIT, params).one()
 
 
 def _record_visit_sqlite(connection: Connection, key: bytes, day: dt.date, shard: int) -> VisitResult:

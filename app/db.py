@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import InvalidatePoolError
 
 from .config import Config
 
@@ -25,12 +27,14 @@ DEAD_PEER_DETECTION = {
 def engine_options(config: Config) -> dict[str, Any]:
     if config.is_postgres:
         return {
-            # A connection killed by a database restart is replaced before use, not failed on.
-            "pool_pre_ping": True,
             "pool_size": config.db_pool_size,
             "max_overflow": config.db_max_overflow,
             "pool_timeout": config.db_pool_timeout,
             "pool_recycle": 1800,
+            # Every request runs single statements, each its own transaction: no BEGIN/COMMIT round trips.
+            # Set once per connection, so nothing has to be reset (and fail on a broken connection) at
+            # check-in. Migrations ask for a transaction themselves (app/migrations/env.py).
+            "isolation_level": "AUTOCOMMIT",
             "connect_args": {
                 "connect_timeout": config.db_connect_timeout,
                 **DEAD_PEER_DETECTION,
@@ -40,6 +44,35 @@ def engine_options(config: Config) -> dict[str, Any]:
             },
         }
     return {"connect_args": {"timeout": config.db_statement_timeout_ms / 1000, "check_same_thread": False}}
+
+
+_FRESH = "tally_fresh"
+
+
+def replace_closed_connections(engine: Engine) -> None:
+    """A connection the server closed while it sat in the pool (a restart, a terminated backend) is
+    replaced at checkout instead of failing the request.
+
+    This does what ``pool_pre_ping`` does without its round trip (which cost more than the visit
+    statement's own client work, docs/capacity.md): an idle connection has nothing to read, so a
+    readable socket means the server sent its goodbye (an error message) or closed it.
+    """
+
+    @event.listens_for(engine.pool, "connect")
+    def _connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_FRESH] = True
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # As pre-ping does, trust a connection made for this checkout: one the server closes right away
+        # fails the statement (a 503), rather than exhausting the pool's reconnect attempts (a 500).
+        if record.info.pop(_FRESH, False):
+            return
+        poller = select.poll()
+        poller.register(dbapi_connection.fileno(), select.POLLIN)
+        if poller.poll(0):
+            # SQLAlchemy reconnects this one and every connection older than it.
+            raise InvalidatePoolError("the server closed this pooled connection")
 
 
 def prepare_sqlite(engine: Engine) -> None:

@@ -7,7 +7,8 @@ import logging
 import sentry_sdk
 from flask import Flask, Response, jsonify, render_template, request
 from flask.globals import request_ctx
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from .state import tally
@@ -45,7 +46,22 @@ def _respond(status: int, title: str, message: str) -> Response:
     return response
 
 
-def database_unavailable(error: SQLAlchemyError) -> Response:
+def is_connection_failure(error: SQLAlchemyError) -> bool:
+    """Failures of reaching the database, not of what we asked it: a refused or dropped connection,
+    an exhausted pool, a statement or lock timeout (PostgreSQL reports those as operational errors)."""
+    if isinstance(error, OperationalError | DisconnectionError | PoolTimeoutError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def database_error(error: SQLAlchemyError) -> Response:
+    if is_connection_failure(error):
+        return database_unavailable(error)
+    # Anything else is a bug in our SQL or schema: it must reach the logs and Sentry, not pass as an outage.
+    return unexpected_error(error)
+
+
+def database_unavailable(error: Exception) -> Response:
     # One line, no traceback: an outage would otherwise flood the log with identical stacks.
     log.error("database unavailable", extra={"error": type(error).__name__, "detail": str(error).splitlines()[0][:300]})
     response = _respond(
@@ -77,8 +93,10 @@ def unexpected_error(error: Exception) -> Response:
     return _respond(500, "Internal error", "Something went wrong on our side.")
 
 
-def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(SQLAlchemyError, database_unavailable)
+def register_error_handlers(app: Flask, driver_operational_error: type[Exception]) -> None:
+    app.register_error_handler(SQLAlchemyError, database_error)
+    # SQLAlchemy wraps the driver's errors, except those raised where it does not (e.g. a pool callback).
+    app.register_error_handler(driver_operational_error, database_unavailable)
     app.register_error_handler(BadClientAddress, bad_client_address)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)

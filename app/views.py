@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, render_template, request
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 
 from .chart import bar_chart
 from .counting import VisitResult, read_stats, record_visit
@@ -82,7 +83,10 @@ def healthz() -> Response:
 def readyz() -> tuple[Response, int]:
     state = tally()
     with state.metrics.db_operation("ready"), state.engine.connect() as connection:
-        revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        try:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except ProgrammingError:  # no alembic_version table: never migrated
+            revision = None
     # Only a schema *behind* this build is unready. A revision we do not know is newer: during a rolling
     # deploy the migration runs first and the old replicas must keep serving until they are replaced.
     if revision is None or (revision != state.head_revision and revision in state.known_revisions):

@@ -95,6 +95,8 @@ def run_migrations_online() -> None:
         postgres = connection.dialect.name == "postgresql"
         provision = postgres and bool(config.db_role_passwords)
         if postgres:
+            # The app's engine autocommits every statement (app/db.py); a migration needs transactions.
+            connection.execution_options(isolation_level="READ COMMITTED")
             # The app's statement timeout suits requests, not a migration or a replica waiting its turn;
             # the advisory lock is waited for without limit, table locks only briefly.
             connection.execute(text("SET statement_timeout = 0"))

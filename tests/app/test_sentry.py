@@ -12,6 +12,7 @@ import brotli
 import pytest
 import sentry_sdk
 from flask import Flask
+from sqlalchemy import text
 
 from tests.app.helpers import released_version
 from tests.conftest import make_config, migrated_app
@@ -81,6 +82,37 @@ def test_unhandled_error_reaches_sentry_with_release(pg_database: str, receiver:
     assert len(events) == 1
     assert events[0]["release"] == f"{released_version()}+build.7"
     assert events[0]["exception"]["values"][0]["value"] == "boom for sentry"
+
+
+def sentry_exceptions(receiver: Receiver) -> list[dict[str, object]]:
+    sentry_sdk.flush(timeout=5)
+    wait_until(lambda: receiver.envelopes, timeout=5, message="a Sentry envelope")
+    return [
+        value
+        for path, body in receiver.envelopes
+        if path == "/api/42/envelope/"
+        for line in body.splitlines()
+        if line.startswith(b"{") and b'"exception"' in line
+        for value in json.loads(line)["exception"]["values"]
+    ]
+
+
+def test_sql_error_is_a_500_in_sentry_not_an_outage(
+    pg_database: str, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug in our SQL (here: a table the statement needs is missing) must not pass for a database outage."""
+    dsn = f"http://publickey@127.0.0.1:{receiver.server_address[1]}/42"
+    app = migrated_app(make_config(pg_database, SENTRY_DSN=dsn))
+    with app.extensions["tally"].engine.connect() as connection:
+        connection.execute(text("ALTER TABLE daily_shards RENAME TO daily_shards_gone"))
+    response = app.test_client().get("/", environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert response.status_code == 500
+    assert "Internal error" in response.get_data(as_text=True)
+    assert "Retry-After" not in response.headers
+    log = capsys.readouterr().out
+    assert '"message": "unhandled error"' in log
+    assert '"message": "database unavailable"' not in log
+    assert [value["type"] for value in sentry_exceptions(receiver)][-1] == "ProgrammingError"
 
 
 def test_no_dsn_means_no_client(pg_database: str) -> None:

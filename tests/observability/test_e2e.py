@@ -129,14 +129,19 @@ def drive_traffic(replicas: list[Gunicorn], pg: PostgresServer, prometheus: Prom
         return count * len(replicas)
 
     def failed_visits() -> None:
-        # A broken schema makes the visit query fail: 503s and tally_db_errors_total, for the
-        # panels and ratios that only have data once something went wrong.
-        pg.execute("ALTER TABLE visitors RENAME TO visitors_away", "tally")
+        # The database refuses the app's connections: 503s and tally_db_errors_total, for the panels
+        # and ratios that only have data once something went wrong. (A broken schema is a 500 now: a
+        # bug, not an outage.)
+        pg.execute("ALTER DATABASE tally ALLOW_CONNECTIONS false")
+        pg.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE datname = 'tally' AND pid <> pg_backend_pid()"
+        )
         try:
             for replica in replicas:
                 assert requests.get(replica.url + "/", timeout=5).status_code == 503
         finally:
-            pg.execute("ALTER TABLE visitors_away RENAME TO visitors", "tally")
+            pg.execute("ALTER DATABASE tally ALLOW_CONNECTIONS true")
 
     visits = normal_rounds(20)
     # A labelled counter is born at its first increment, and rate() cannot see the step from
