@@ -102,6 +102,7 @@ build "$traefik_ctx" "$(ref_of traefik)"
 build "$repo" "$(ref_of app)" --network host --build-arg "VERSION=$(<"$repo/version.txt")" \
     --build-arg "BUILD_NUMBER=${TALLY_E2E_BUILD_NUMBER:-7321}" --build-arg "GIT_COMMIT=${TALLY_E2E_GIT_COMMIT:-}"
 build "$repo/backup" "$(ref_of backup)" --network host
-# Old build results that no tag names any more.
+# Old build results that no tag names any more, and build cache unused for a week.
 $docker image prune --force --filter until=24h >/dev/null
+$docker builder prune --force --filter until=168h >/dev/null
 log "done"

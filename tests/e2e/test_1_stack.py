@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -88,6 +89,7 @@ def handshake(stack: Stack, version: ssl.TLSVersion) -> str:
         conn.close()
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_tls_1_2_and_1_3_only(stack: Stack) -> None:
     assert handshake(stack, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
     assert handshake(stack, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
@@ -245,12 +247,17 @@ def test_half_open_connections_do_not_block_other_visitors(stack: Stack) -> None
     """200 connections that complete TLS and then send only part of a request head, held open while another
     client visits: Traefik must keep serving it."""
     held: list[ssl.SSLSocket] = []
+
+    def half_open() -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", stack.https_port), timeout=10)
+        tls = client.context().wrap_socket(raw, server_hostname=client.DOMAIN)
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {client.DOMAIN}\r\nX-Slow: ".encode())
+        return tls
+
     try:
-        for _ in range(200):
-            raw = socket.create_connection(("127.0.0.1", stack.https_port), timeout=10)
-            tls = client.context().wrap_socket(raw, server_hostname=client.DOMAIN)
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {client.DOMAIN}\r\nX-Slow: ".encode())
-            held.append(tls)
+        with ThreadPoolExecutor(20) as pool:
+            for future in [pool.submit(half_open) for _ in range(200)]:
+                held.append(future.result())
         result = stack.visit("patient", "--count", "20", "--concurrency", "4")
         assert result["statuses"] == [200] * 20
     finally:
