@@ -139,6 +139,7 @@ def test_rolling_deploy_under_load_fails_and_loses_nothing(stack: Stack, tmp_pat
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     # On failure, Traefik's own account of each failed request (which replica, which error) says why.
     failures = [line for line in stack.logs("traefik").splitlines() if '"DownstreamStatus":5' in line]
+    print("\n".join(["", "Traefik 5xx:", *failures[-10:], "Locust:", load.log()[-3000:]]))
     assert result.failed == 0, (result.statuses(), failures[-10:], deploy.stdout[-3000:])
     assert result.visit_ok > 0
     assert stats(stack)["total_visits"] == before["total_visits"] + result.visit_ok
