@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # Tally production image: gunicorn serving app:create_app() as an unprivileged user.
 #
 # Base image: the official slim Python image, pinned by exact version tag, not by digest: tests/container

@@ -70,6 +70,10 @@ test: deps ## run the whole test suite (lint, unit, end-to-end, container) with 
 test-fast: venv ## the suite without the slow end-to-end tests
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
+.PHONY: e2e
+e2e: deps ## only the end-to-end suite: the stack on a private Docker Engine (docs/container-testing.md)
+	$(BIN)/pytest tests/e2e -s $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: venv ## ruff, ruff format, mypy --strict
 	$(BIN)/ruff check .

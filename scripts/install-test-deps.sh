@@ -11,7 +11,7 @@ APT_PACKAGES=(
   prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter
   prometheus-blackbox-exporter
   shellcheck chromium fonts-dejavu-core
-  podman runc debootstrap uidmap slirp4netns netavark iptables
+  containerd runc tini iptables debootstrap
   haproxy wrk age socat rsync jq curl iproute2 git
   python3-croniter
 )
@@ -33,9 +33,11 @@ if ((${#missing[@]})); then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   # The Debian packages start their services; the tests start their own on free ports instead.
-  for service in prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter \
+  for service in containerd prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter \
                  prometheus-blackbox-exporter haproxy postgresql; do
     systemctl stop "$service" 2>/dev/null || service "$service" stop 2>/dev/null || true
   done
 fi
 echo "install-test-deps: system packages present"
+# The Docker Engine of the end-to-end suite (tests/e2e), unpacked beside the system, never installed into it.
+"$(dirname "$0")/install-docker-engine.sh"

@@ -25,7 +25,7 @@ MARKDOWN = sorted(
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 CODE_BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 MAKE_TARGET = re.compile(r"(?:^|[\s;&|(])make\s+([a-z][a-z0-9-]*)")
-SCRIPT = re.compile(r"(?:\./)?((?:scripts|drills|bench|loadtest|backup/bin|tests/container)/[\w./-]+\.(?:sh|py))")
+SCRIPT = re.compile(r"(?:\./)?((?:scripts|drills|bench|loadtest|backup/bin|tests/e2e)/[\w./-]+\.(?:sh|py))")
 DIAGRAMS = REPO_ROOT / "docs" / "diagrams"
 MMDC = REPO_ROOT / ".tools" / "node" / "node_modules" / ".bin" / "mmdc"
 
