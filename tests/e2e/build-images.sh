@@ -86,16 +86,19 @@ build() {
     $docker buildx build --quiet --load --tag "$ref" "$@" "$dir" >/dev/null
 }
 
+# The stand-ins' RUN steps need no network: --network none, as the engine has no default bridge to give them.
+standin() { build "$@" --network none; }
+
 images=$here/images
-build "$images/postgres" "$(ref_of postgres)"
-build "$images/prometheus" "$(ref_of prometheus)"
-build "$images/alertmanager" "$(ref_of alertmanager)"
-build "$images/exporters" "$(ref_of postgres-exporter)" --build-arg EXPORTER=postgres_exporter
-build "$images/exporters" "$(ref_of node-exporter)" --build-arg EXPORTER=node_exporter
-build "$images/exporters" "$(ref_of blackbox)" --build-arg EXPORTER=blackbox_exporter
-build "$images/socket-proxy" "$(ref_of socket-proxy)" --build-arg PYTHON_IMAGE="$python_ref"
+standin "$images/postgres" "$(ref_of postgres)"
+standin "$images/prometheus" "$(ref_of prometheus)"
+standin "$images/alertmanager" "$(ref_of alertmanager)"
+standin "$images/exporters" "$(ref_of postgres-exporter)" --build-arg EXPORTER=postgres_exporter
+standin "$images/exporters" "$(ref_of node-exporter)" --build-arg EXPORTER=node_exporter
+standin "$images/exporters" "$(ref_of blackbox)" --build-arg EXPORTER=blackbox_exporter
+standin "$images/socket-proxy" "$(ref_of socket-proxy)" --build-arg PYTHON_IMAGE="$python_ref"
 cp "$images/traefik/"* "$traefik_ctx/"
-build "$traefik_ctx" "$(ref_of traefik)"
+standin "$traefik_ctx" "$(ref_of traefik)"
 
 # The project's own images, from its unchanged Dockerfiles on the stand-in bases. --network host: the RUN
 # steps reach PyPI / the Debian mirror as the host does, with no NAT through the engine's bridge.
