@@ -14,6 +14,8 @@
 # Overridable so a test can slip a wrapper in front of one binary without shadowing the others.
 : "${PG_DUMP:=pg_dump}"
 : "${PG_RESTORE:=pg_restore}"
+# The role that owns the app's schema (app/roles.py OWNER); restores are made as it when it exists.
+: "${BACKUP_SCHEMA_OWNER:=tally_owner}"
 export PGDATABASE PGUSER
 
 # node_exporter's textfile directory (compose: a volume of its own, read-only in node-exporter).
@@ -298,9 +300,18 @@ drop_db() {
 restore_and_check() {
   local name=$1 db=$2 expect_rev=${3:-} out
   psql_admin -v d="$db" <<<'CREATE DATABASE :"d";' >/dev/null || { echo "cannot create database $db"; return 1; }
-  # A fresh database needs no --clean and allows parallel jobs; --no-owner/--no-privileges let a
-  # dump restore on a host whose roles differ (objects end up owned by the restoring role).
-  if ! out=$("$PG_RESTORE" --exit-on-error --no-owner --no-privileges --jobs="$BACKUP_RESTORE_JOBS" \
+  # A fresh database needs no --clean and allows parallel jobs; --no-owner lets a dump restore on a host
+  # whose roles differ. Where the schema owner role exists (app/roles.py) and we may act as it, the
+  # database and every object are restored as that owner with the dump's grants, so the app can count in
+  # the swapped-in database at once; elsewhere objects belong to the restoring role, without grants.
+  local as_owner=(--no-privileges)
+  if [[ $(psql_admin -v r="$BACKUP_SCHEMA_OWNER" \
+      <<<"SELECT count(*) FROM pg_roles WHERE rolname = :'r' AND pg_has_role(current_user, oid, 'MEMBER');") == 1 ]]; then
+    psql_admin -v d="$db" -v r="$BACKUP_SCHEMA_OWNER" <<<'ALTER DATABASE :"d" OWNER TO :"r";' >/dev/null ||
+      { echo "cannot give database $db to $BACKUP_SCHEMA_OWNER"; return 1; }
+    as_owner=(--role="$BACKUP_SCHEMA_OWNER")
+  fi
+  if ! out=$("$PG_RESTORE" --exit-on-error --no-owner "${as_owner[@]}" --jobs="$BACKUP_RESTORE_JOBS" \
     -d "$db" "$BACKUP_DIR/$name.dump" 2>&1); then
     echo "pg_restore failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
     return 1

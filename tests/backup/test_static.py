@@ -87,10 +87,12 @@ def test_compose_service_wiring() -> None:
     assert "no-new-privileges:true" in common["security_opt"]
     assert any(entry.startswith("/tmp:") for entry in svc["tmpfs"])
     password_file = svc["environment"]["PGPASSWORD_FILE"]
-    assert password_file == "/run/secrets/postgres_password"
+    # Its own role's password (app/roles.py), never the superuser's.
+    assert password_file == "/run/secrets/db_backup_password"
+    assert svc["environment"]["PGUSER"] == "tally_backup"
     # The password file reaches the container either as a compose secret or as a read-only mount.
     mounted = {v["target"]: v for v in svc.get("volumes", []) if isinstance(v, dict)}
-    assert "postgres_password" in svc.get("secrets", []) or mounted[password_file].get("read_only") is True
+    assert "db_backup_password" in svc.get("secrets", []) or mounted[password_file].get("read_only") is True
     assert svc["environment"]["PGHOST"] == "postgres" and svc["environment"]["PGDATABASE"] == "tally"
     assert "backups:/backups" in svc["volumes"]
     assert "backups" in yaml.safe_load((REPO / "compose" / "backup.yaml").read_text())["volumes"]

@@ -138,9 +138,9 @@ def run_shell(command: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_make_help_lists_the_targets_the_readme_uses() -> None:
     result = run_shell(readme_command("make help"))
     assert result.returncode == 0, result.stderr
-    listed = set(re.findall(r"^  ([a-z-]+) ", result.stdout, re.M))
+    listed = set(re.findall(r"^  ([a-z0-9-]+) ", result.stdout, re.M))
     used = {t for _lang, body in CODE_BLOCK.findall(README) for t in MAKE_TARGET.findall(body)}
-    used |= set(re.findall(r"`make ([a-z-]+)", README))
+    used |= set(re.findall(r"`make ([a-z0-9-]+)", README))
     assert used <= listed, used - listed
     assert "http://127.0.0.1:8000" in result.stdout
 

@@ -113,7 +113,8 @@ def test_security_headers(stack: Stack) -> None:
     status, headers, _ = host_get(stack, "/healthz")
     assert status == 200
     lower = {k.lower(): v for k, v in headers.items()}
-    assert lower["strict-transport-security"].startswith("max-age=31536000")
+    # Two years with subdomains; preload stays the operator's opt-in (docs/security.md).
+    assert lower["strict-transport-security"] == "max-age=63072000; includeSubDomains"
     assert lower["x-content-type-options"] == "nosniff"
     assert lower["x-frame-options"] == "DENY"
     assert lower["referrer-policy"] == "strict-origin-when-cross-origin"
@@ -206,7 +207,7 @@ def test_every_target_is_up(stack: Stack) -> None:
     def down() -> list[str]:
         targets = prometheus_api(stack, "targets?state=active")["activeTargets"]
         jobs = {t["labels"]["job"] for t in targets}
-        assert {"tally-app", "traefik", "postgres", "node", "backup", "alertmanager", "blackbox-https"} <= jobs
+        assert {"tally-app", "traefik", "postgres", "node", "alertmanager", "blackbox-https"} <= jobs
         return [
             f"{t['labels']['job']} {t['scrapeUrl']}: {t['health']} {t['lastError']}"
             for t in targets
@@ -218,6 +219,17 @@ def test_every_target_is_up(stack: Stack) -> None:
         t for t in prometheus_api(stack, "targets?state=active")["activeTargets"] if t["labels"]["job"] == "tally-app"
     ]
     assert len(app_targets) == 2
+
+
+def test_backup_streams_wal_and_its_metrics_reach_prometheus_through_node_exporter(stack: Stack) -> None:
+    """The sidecar's textfile (backup-metrics volume) read by node-exporter: WAL streaming over the
+    replication line of postgres/pg_hba.conf as the tally_backup role (docs/backup-restore.md)."""
+
+    def streaming() -> bool:
+        result = prometheus_api(stack, "query?query=tally_backup_wal_streaming")["result"]
+        return [sample["metric"]["job"] for sample in result if sample["value"][1] == "1"] == ["node"]
+
+    wait_until(streaming, timeout=180, interval=3, message="tally_backup_wal_streaming 1 from the node job")
 
 
 def test_every_rule_group_is_healthy(stack: Stack) -> None:

@@ -442,11 +442,21 @@ NOT_PASSED_THROUGH = {
     "BUILD_NUMBER",
     "GIT_COMMIT",
     "BIND_ADDRESS",
+    "DB_APP_PASSWORD",
+    "DB_BACKUP_PASSWORD",
+    "DB_EXPORTER_PASSWORD",
 }
 
 
 # Read only by the migration job (app/migrations/env.py).
-MIGRATE_ONLY = {"MIGRATION_LOCK_TIMEOUT_MS", "MIGRATION_LOCK_ATTEMPTS"}
+# The roles' passwords too: only the migration job sets them (app/roles.py).
+MIGRATE_ONLY = {
+    "MIGRATION_LOCK_TIMEOUT_MS",
+    "MIGRATION_LOCK_ATTEMPTS",
+    "DB_APP_PASSWORD_FILE",
+    "DB_BACKUP_PASSWORD_FILE",
+    "DB_EXPORTER_PASSWORD_FILE",
+}
 
 
 def test_every_app_variable_reaches_the_app(services: dict[str, Any]) -> None:
