@@ -43,6 +43,7 @@ LABEL org.opencontainers.image.title="tally" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}" \
+      org.opencontainers.image.licenses="MIT" \
       io.tally.build-number="${BUILD_NUMBER}"
 
 # The root filesystem is read-only in compose: no bytecode writes, and the multiprocess metrics directory
