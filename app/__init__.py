@@ -17,6 +17,7 @@ from .errors import register_error_handlers
 from .logs import REQUEST_ID_HEADER, assign_request_id, configure_logging
 from .metrics import init_metrics
 from .models import db
+from .page import VisitPage
 from .proxies import ForwardedOnlyFromProxies
 from .state import Tally
 from .views import bp
@@ -69,7 +70,15 @@ def create_app(config: Config | None = None) -> Flask:
     head = scripts.get_current_head()
     assert head is not None, "the migrations directory has no revision"
     known = frozenset(script.revision for script in scripts.walk_revisions())
-    state = Tally(config=config, build=build, metrics=metrics, engine=engine, head_revision=head, known_revisions=known)
+    state = Tally(
+        config=config,
+        build=build,
+        metrics=metrics,
+        engine=engine,
+        head_revision=head,
+        known_revisions=known,
+        visit_page=VisitPage(build, config.user_name, config.user_url),
+    )
     state.install(app)
 
     if config.sentry_dsn:

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from .buildinfo import BuildInfo
 from .config import Config
 from .metrics import AppMetrics
+from .page import VisitPage
 
 EXTENSION_NAME = "tally"
 
@@ -22,6 +23,7 @@ class Tally:
     engine: Engine
     head_revision: str
     known_revisions: frozenset[str]
+    visit_page: VisitPage
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION_NAME] = self

@@ -12,6 +12,7 @@ from sqlalchemy.exc import ProgrammingError
 from .chart import bar_chart
 from .counting import VisitResult, read_stats, record_visit
 from .identity import normalise_address, visitor_key
+from .page import render_visit_page
 from .state import tally
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ bp = Blueprint("tally", __name__)
 # The statistics page is the same for everyone and holds no personal data: browsers and any shared cache may
 # reuse it for a minute, which bounds the reads a crowd of reloads costs; a minute-old chart is still true.
 STATS_PAGE_CACHE_CONTROL = "public, max-age=60"
+NO_STORE = {"Cache-Control": "no-store"}
 
 # Uptime checkers that poll "/" although they should use /healthz; their polls are not visits.
 PROBE_USER_AGENT_PREFIXES = (
@@ -40,12 +42,11 @@ class BadClientAddress(Exception):
 
 def _page(visit: VisitResult | None) -> Response:
     state = tally()
-    html = render_template(
-        "index.html", visit=visit, build=state.build, user_name=state.config.user_name, user_url=state.config.user_url
-    )
-    response = Response(html, mimetype="text/html")
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    if visit is None:
+        html = render_visit_page(None, state.build, state.config.user_name, state.config.user_url)
+    else:
+        html = state.visit_page.render(visit)
+    return Response(html, mimetype="text/html", headers=NO_STORE)
 
 
 @bp.get("/")

@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -303,9 +304,9 @@ def check_invariants(pg: PostgresServer, database: str) -> dict[str, Any]:
     )
     count, shard_visitors, visits, shard_visits, size = rows[0]
     return {
-        "visitors": int(count),  # type: ignore[call-overload]
+        "visitors": _integer(count),
         "consistent": count == shard_visitors and visits == shard_visits,
-        "visitors_table_mb": round(int(size) / 2**20),  # type: ignore[call-overload]
+        "visitors_table_mb": round(_integer(size) / 2**20),
     }
 
 
@@ -391,7 +392,14 @@ def hello_server(env: dict[str, str], work: Path) -> Iterator[tuple[str, int]]:
 
 
 def visits_recorded(pg: PostgresServer, database: str) -> int:
-    return int(pg.execute("SELECT sum(visits) FROM total_shards", database)[0][0])  # type: ignore[call-overload]
+    return _integer(pg.execute("SELECT sum(visits) FROM total_shards", database)[0][0])
+
+
+def _integer(value: object) -> int:
+    """A count or size from PostgreSQL: bigint comes back as int, sum() over bigint as Decimal."""
+    if not isinstance(value, int | Decimal):
+        raise TypeError(f"expected an integer from PostgreSQL, got {value!r}")
+    return int(value)
 
 
 # ------------------------------------------------------------------------------------- benchmark
@@ -527,13 +535,15 @@ def _balance(split: list[float]) -> float:
 
 def _other_cpu(result: dict[str, Any], duration: float) -> float:
     """CPU used by neither the servers nor the generator: other tenants of the machine, i.e. noise."""
-    ours = sum(result["cpu_pct"].values()) + 100 * result["generator_cpu_s"] / duration
-    return round(max(0.0, result["machine_busy_pct"] - ours), 1)
+    busy: float = result["machine_busy_pct"]
+    ours: float = sum(result["cpu_pct"].values()) + 100 * result["generator_cpu_s"] / duration
+    return round(max(0.0, busy - ours), 1)
 
 
 def quiet_check(seconds: float = 3.0) -> float:
     """Machine CPU busy (percent of one core) before we start anything: a benchmark on a busy box lies."""
-    return round(psutil.cpu_percent(interval=seconds) * (psutil.cpu_count() or 1), 1)
+    busy: float = psutil.cpu_percent(interval=seconds) * (psutil.cpu_count() or 1)
+    return round(busy, 1)
 
 
 def measure_pgbench(

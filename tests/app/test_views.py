@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app import create_app
+from app.counting import VisitResult
+from app.page import render_visit_page
 from tests.app.helpers import database_totals, released_version, total_on_page, visits_on_page
 from tests.conftest import make_config, migrated_app
 
@@ -46,6 +50,24 @@ def test_footer_uses_user_name_and_url(database_url: str) -> None:
     app = migrated_app(make_config(database_url, USER_NAME="Ops <Team>", USER_URL="https://ops.example.org/"))
     html = visit(app.test_client())
     assert 'Deployed by <a href="https://ops.example.org/" class="text-white">Ops &lt;Team&gt;</a>' in html
+
+
+@pytest.mark.parametrize("visits", [1, 2, 1234567])
+def test_prerendered_visit_page_is_the_template_rendering(tmp_path: Path, visits: int) -> None:
+    """The page a visit gets is exactly what Jinja renders, escaping included, under any URL prefix."""
+    name, url = 'Ops <Team> & "Co"', "https://ops.example.org/?a=1&b=<2>"
+    app = create_app(make_config(f"sqlite:///{tmp_path / 't.sqlite3'}", USER_NAME=name, USER_URL=url))
+    state = app.extensions["tally"]
+    visit = VisitResult(visits, False, True, 89012, 345)
+    for base_url in ("http://localhost/", "http://localhost/prefix/"):
+        with app.test_request_context("/", base_url=base_url):
+            fast = state.visit_page.render(visit)
+            assert fast == render_visit_page(visit, state.build, name, url)
+        assert f'href="{base_url.removeprefix("http://localhost")}static/cover.css"' in fast
+    assert "Ops &lt;Team&gt; &amp; &#34;Co&#34;" in fast
+    assert 'href="https://ops.example.org/?a=1&amp;b=&lt;2&gt;"' in fast
+    assert visits_on_page(fast) == visits
+    assert "\x00" not in fast
 
 
 def test_equivalent_addresses_are_one_visitor(client: FlaskClient) -> None:
