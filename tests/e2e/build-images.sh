@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds every image the stack runs (but Grafana and cAdvisor) into the engine at $DOCKER_HOST, with no image
+# Builds every image the stack runs (but cAdvisor) into the engine at $DOCKER_HOST, with no image
 # registry: local stand-ins tagged with exactly the references compose/*.yaml use, then the project's own
 # Dockerfile and backup/Dockerfile built unchanged on top of them. docs/container-testing.md says what each
 # stand-in is and how faithful.
@@ -96,6 +96,7 @@ standin "$images/alertmanager" "$(ref_of alertmanager)"
 standin "$images/exporters" "$(ref_of postgres-exporter)" --build-arg EXPORTER=postgres_exporter
 standin "$images/exporters" "$(ref_of node-exporter)" --build-arg EXPORTER=node_exporter
 standin "$images/exporters" "$(ref_of blackbox)" --build-arg EXPORTER=blackbox_exporter
+standin "$images/grafana" "$(ref_of grafana)"
 standin "$images/socket-proxy" "$(ref_of socket-proxy)" --build-arg PYTHON_IMAGE="$python_ref"
 cp "$images/traefik/"* "$traefik_ctx/"
 standin "$traefik_ctx" "$(ref_of traefik)"

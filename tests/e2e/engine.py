@@ -32,7 +32,7 @@ CACHE = Path(os.environ.get("TALLY_E2E_CACHE", "/var/cache/tally-e2e"))
 E2E = Path(__file__).resolve().parent
 OVERRIDE = E2E / "compose.e2e.yaml"
 # Services the e2e cannot run: no image of them can be had without a registry (docs/container-testing.md).
-LEFT_OUT = frozenset({"grafana", "cadvisor"})
+LEFT_OUT = frozenset({"cadvisor"})
 # Build args of the app image (fixed, so a warm build is a full cache hit); /version must show them.
 BUILD_NUMBER = "7321"
 GIT_COMMIT = "5a0c0ffee5a0c0ffee5a0c0ffee5a0c0ffee5a0c"
@@ -239,12 +239,12 @@ class Stack:
 
 
 def make_stack(engine: Engine) -> Stack:
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port, grafana_port = free_port(), free_port(), free_port()
     imports = engine.root / "secrets-import"
     imports.mkdir()
     env_file = engine.root / "stack.env"
     env_file.write_text(
-        f"HTTP_PORT={http_port}\nHTTPS_PORT={https_port}\n"
+        f"HTTP_PORT={http_port}\nHTTPS_PORT={https_port}\nGRAFANA_LOCAL_PORT={grafana_port}\n"
         f"TALLY_E2E_DOCKER_SOCKET={engine.socket}\nTALLY_E2E_SECRETS_IMPORT={imports}\n"
     )
     env = dict(engine.env)

@@ -90,16 +90,18 @@ def test_dependencies_come_from_the_lock_only() -> None:
         assert "--no-deps" in cmd and "--require-hashes" in cmd and "requirements.lock" in cmd, cmd
 
 
-def test_the_lock_pins_every_package_with_hashes() -> None:
+@pytest.mark.parametrize("name", ["requirements.lock", "requirements-dev.lock"])
+def test_the_lock_pins_every_package_with_hashes(name: str) -> None:
     """--require-hashes refuses a lock without them; this says which package lost its hashes."""
-    lock = (REPO / "requirements.lock").read_text()
-    entries = re.split(r"\n(?=[a-z0-9])", lock.split("\n\n", 1)[-1] if "\n\n" in lock else lock)
-    packages = [e for e in entries if re.match(r"[a-z0-9][a-z0-9._-]*==", e)]
+    lock = (REPO / name).read_text()
+    entries = re.split(r"\n(?=[a-z0-9])", lock)
+    packages = [e for e in entries if re.match(r"[a-z0-9][a-z0-9._-]*(\[[a-z0-9,._-]+\])?==", e)]
     assert len(packages) >= 15
     for entry in packages:
         assert "--hash=sha256:" in entry, entry.splitlines()[0]
     makefile = (REPO / "Makefile").read_text()
-    assert "--require-hashes -r requirements.lock" in makefile and "--generate-hashes" in makefile
+    assert f"--require-hashes -r {name}" in makefile
+    assert re.search(rf"pip-compile [^\n]*--generate-hashes [^\n]*-o {re.escape(name)} ", makefile)
 
 
 def test_runs_as_a_fixed_non_root_user() -> None:
