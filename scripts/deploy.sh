@@ -229,19 +229,25 @@ start_one() {
 
 # Out of Traefik's rotation before the stop: gunicorn closes its listener at SIGTERM, and until Traefik's next
 # health check it would still send requests there (refused dials; a retry may land on it again). The replica
-# runs app/drain.py: its /readyz answers 503, then it waits until Traefik's own metrics report it down. Never
+# runs app/drain.py: it waits until Traefik reports the new replica up (so Traefik's rebuild of its balancer
+# for the new container, which counts every server up again, is behind us), makes its own /readyz answer 503,
+# then waits until Traefik's own metrics report it down. Never
 # fails the deploy: an image without the drain, or a Traefik that does not confirm in time, gets the plain
 # graceful stop, with a warning.
+addresses_of() {
+    docker_ inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" || true
+}
+
 drain() {
-    local id=$1 label=$2 out rc=0 addresses=()
-    out=$(docker_ inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id") || out=""
-    read -r -a addresses <<<"$out"
+    local id=$1 label=$2 successor=$3 out rc=0 addresses=() after=() address
+    read -r -a addresses <<<"$(addresses_of "$id")"
     if ((${#addresses[@]} == 0)); then
         warn "$label $(short "$id") has no network address; stopping it without draining"
         return 0
     fi
+    for address in $(addresses_of "$successor"); do after+=(--after-up "$address"); done
     out=$(docker_ exec "$id" python -m app.drain --metrics-url "$TRAEFIK_METRICS_URL" --timeout "$DRAIN_TIMEOUT" \
-        "${addresses[@]}" 2>&1) || rc=$?
+        "${after[@]}" "${addresses[@]}" 2>&1) || rc=$?
     if ((rc == 0)); then
         log "$label $(short "$id") ${out##*drain: }"
     else
@@ -264,7 +270,7 @@ replace_one() {
     wait_healthy "$new" "$label" || return 1
     wait_ready "$new" "$label" || return 1
     promoted_ids+=("$new")
-    drain "$old" "$label"
+    drain "$old" "$label" "$new"
     log "$label stopping old replica $(short "$old")"
     stop_remove "$old" || return 1
     log "$label replaced $(short "$old") -> $(short "$new")"

@@ -119,6 +119,30 @@ def test_main_drains_then_confirms(
     assert drain.main(["--metrics-url", traefik.url, "--timeout", "0.3", ME]) == 4
 
 
+def test_main_waits_for_the_successor_before_draining(
+    traefik: FakeTraefik, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traefik rebuilds its balancer when the successor turns healthy; the drain must come after that."""
+    drain_marker = tmp_path / "draining"
+    monkeypatch.setenv("TALLY_ENV", "development")
+    monkeypatch.setenv("DRAIN_MARKER", str(drain_marker))
+    traefik.body = metrics(**{ME: 1})  # the successor OTHER is not listed yet
+    marker_when_listed: list[bool] = []
+
+    def successor_up() -> None:
+        marker_when_listed.append(drain_marker.exists())
+        traefik.body = metrics(**{ME: 0, OTHER: 1})
+
+    timer = threading.Timer(0.8, successor_up)
+    timer.start()
+    try:
+        assert drain.main(["--metrics-url", traefik.url, "--timeout", "10", "--after-up", OTHER, ME]) == 0
+    finally:
+        timer.cancel()
+    assert marker_when_listed == [False], "drained before Traefik reported the successor up"
+    assert drain_marker.exists()
+
+
 def test_main_without_a_drain_marker_changes_nothing(
     traefik: FakeTraefik, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -325,11 +325,12 @@ def test_old_replica_is_drained_from_traefik_before_it_stops(project: Path) -> N
     assert r.rc == 0, r.err
     drains = [c["argv"] for c in r.calls if "app.drain" in c["argv"]]
     assert len(drains) == 2
-    # Run inside the old replica, with every address it has (Traefik's metrics name the server by one of them).
+    # Run inside the old replica, with every address it has (Traefik's metrics name the server by one of them),
+    # after Traefik reports its successor (new001, the third container) up.
     assert drains[0][:2] == ["exec", "old001" + "e" * 58]
     assert drains[0][2:] == [
         "python", "-m", "app.drain", "--metrics-url", "http://edge-proxy:9100/metrics", "--timeout", "7",
-        "172.31.240.10", "172.31.241.10",
+        "--after-up", "172.31.240.12", "--after-up", "172.31.241.12", "172.31.240.10", "172.31.241.10",
     ]  # fmt: skip
     assert "out of Traefik's rotation after 1.2s" in r.out
 
