@@ -47,7 +47,7 @@ LABEL org.opencontainers.image.title="tally" \
       io.tally.build-number="${BUILD_NUMBER}"
 
 # The root filesystem is read-only in compose: no bytecode writes, and the multiprocess metrics directory
-# lives on the /tmp tmpfs. Outside a container the app binds loopback by default; inside, every interface
+# and the drain file (scripts/deploy.sh) live on the /tmp tmpfs, which a restart empties. Outside a container the app binds loopback by default; inside, every interface
 # of the container's own network namespace (Docker's networks and published ports decide the exposure).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -55,6 +55,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TALLY_ENV=production \
     BIND_ADDRESS=0.0.0.0 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/tally-metrics \
+    DRAIN_MARKER=/tmp/tally-draining \
     BUILD_NUMBER=${BUILD_NUMBER} \
     GIT_COMMIT=${GIT_COMMIT}
 

@@ -68,6 +68,9 @@ class Config:
     gunicorn_timeout: int
     gunicorn_graceful_timeout: int
     prometheus_multiproc_dir: str | None
+    # While this file exists /readyz answers 503 "draining": Traefik takes the replica out of rotation and
+    # it still serves what it was sent (scripts/deploy.sh creates it before stopping a replica, app/drain.py).
+    drain_marker: Path | None
     # Passwords of the least-privilege roles by variable name (app.roles); only the migration job has them.
     db_role_passwords: Mapping[str, str]
     migration_lock_timeout_ms: int
@@ -250,6 +253,10 @@ def _networks(name: str, raw: str | None) -> tuple[IPv4Network | IPv6Network, ..
     return tuple(networks)
 
 
+def _optional_path(raw: str | None) -> Path | None:
+    return None if raw is None else Path(raw)
+
+
 _DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
 
@@ -290,6 +297,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         gunicorn_timeout=env.integer("GUNICORN_TIMEOUT", 30, 1, 600),
         gunicorn_graceful_timeout=env.integer("GUNICORN_GRACEFUL_TIMEOUT", 20, 1, 600),
         prometheus_multiproc_dir=env.text("PROMETHEUS_MULTIPROC_DIR"),
+        drain_marker=_optional_path(env.text("DRAIN_MARKER")),
         db_role_passwords=_role_passwords(env, database_url),
         migration_lock_timeout_ms=env.integer("MIGRATION_LOCK_TIMEOUT_MS", 2000, 10, 600_000),
         migration_lock_attempts=env.integer("MIGRATION_LOCK_ATTEMPTS", 10, 1, 1000),

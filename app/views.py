@@ -83,6 +83,10 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     state = tally()
+    drain_marker = state.config.drain_marker
+    if drain_marker is not None and drain_marker.exists():
+        # Out of rotation on purpose (scripts/deploy.sh is about to stop this replica); it still serves.
+        return jsonify(status="draining"), 503
     with state.metrics.db_operation("ready"), state.engine.connect() as connection:
         try:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()

@@ -1,5 +1,10 @@
-"""The same drills against a running compose stack, for operators (this machine has no Docker engine,
-so only the command construction is tested here: ``--dry-run`` prints every command instead).
+"""The same drills against a running compose stack, for operators and for the e2e suite, which runs them
+against its stack on a real engine through the real Traefik (tests/e2e/test_4_drills.py). The command
+construction is also tested without an engine: ``--dry-run`` prints every command instead.
+
+Which stack: compose's own rules. Without ``--file`` the ``docker compose`` calls read COMPOSE_FILE,
+COMPOSE_ENV_FILES and COMPOSE_PROJECT_NAME from the environment (else compose.yaml and .env of
+``--project-dir``), as an operator's own ``docker compose`` does.
 
 Differences from the native drills, by design:
 
@@ -11,6 +16,9 @@ Differences from the native drills, by design:
   certificate) from ONE client address, so Traefik's rate limit (traefik/dynamic/middlewares.yml,
   20 req/s average per client) caps the useful rate: the defaults stay below it;
 * the alert is read from Alertmanager inside the stack, with the production ``for:`` (2 minutes);
+  ``alert=False`` skips that wait (the e2e suite checks the alert's delivery in its own test);
+* a graceful restart drains each replica from Traefik first (``python -m app.drain``, as
+  scripts/deploy.sh does), then stops it;
 * Traefik's retries are not observable from outside, so extra counts beyond acknowledged visits
   are reported but not judged; lost acknowledged visits are.
 """
@@ -38,6 +46,10 @@ ALERTMANAGER_API = "http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D%22" 
 # 2m `for:` + scrape and evaluation intervals + Alertmanager group_wait.
 ALERT_DEADLINE_S = 300
 STOP_GRACE_S = 30  # compose/app.yaml stop_grace_period
+TRAEFIK_METRICS_URL = "http://traefik:8082/metrics"  # read from inside a replica, as scripts/deploy.sh does
+DRAIN_TIMEOUT_S = 15
+# The visitor-facing bound around a replica loss (docs/reliability.md): reported, not judged.
+SLOW_RESPONSE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,10 @@ class ComposeCommands:
     """argv lists for every action; nothing here runs anything."""
 
     project_dir: Path = REPO_ROOT
-    files: tuple[str, ...] = ("compose.yaml",)
+    # Empty: compose's defaults (COMPOSE_FILE / COMPOSE_ENV_FILES from the environment, else the
+    # project directory's compose.yaml and .env).
+    files: tuple[str, ...] = ()
+    env_files: tuple[str, ...] = ()
     project: str | None = None
     docker: str = "docker"
 
@@ -53,6 +68,8 @@ class ComposeCommands:
         argv = [self.docker, "compose", "--project-directory", str(self.project_dir)]
         for compose_file in self.files:
             argv += ["--file", compose_file]
+        for env_file in self.env_files:
+            argv += ["--env-file", env_file]
         if self.project:
             argv += ["--project-name", self.project]
         return [*argv, *args]
@@ -68,6 +85,21 @@ class ComposeCommands:
 
     def start(self, container: str) -> list[str]:
         return [self.docker, "start", container]
+
+    def addresses(self, container: str) -> list[str]:
+        return [
+            self.docker,
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            container,
+        ]
+
+    def drain(self, container: str, addresses: Sequence[str]) -> list[str]:
+        return [
+            self.docker, "exec", container, "python", "-m", "app.drain",
+            "--metrics-url", TRAEFIK_METRICS_URL, "--timeout", str(DRAIN_TIMEOUT_S), *addresses,
+        ]  # fmt: skip
 
     def health(self, container: str) -> list[str]:
         return [self.docker, "inspect", "--format", "{{.State.Health.Status}} {{.RestartCount}}", container]
@@ -122,7 +154,7 @@ class DryRunner:
         if "psql" in argv:
             return "0\n"
         if "inspect" in argv:
-            return "healthy 0\n"
+            return "172.31.240.10 172.31.241.10 \n" if "NetworkSettings" in argv[-2] else "healthy 0\n"
         if "wget" in argv:
             # First call: firing; later calls: resolved (empty list).
             fired = sum("wget" in c for c in self.commands) == 1
@@ -143,6 +175,7 @@ class ComposeDrills:
     db_down_s: float = 10
     bad_requests: int = 2000
     insecure: bool = True
+    alert: bool = True
     dry_run: bool = False
     workdir: Path = field(default_factory=lambda: Path("drill-results"))
 
@@ -192,6 +225,9 @@ class ComposeDrills:
             failed_percent=percent(outcome.failed, total),
             statuses=outcome.statuses(),
         )
+        # The slowest answer of the run (timings go to the report; judged only as a target).
+        result.figures["slowest_response_s"] = round(max((r.latency_ms for r in outcome.requests), default=0) / 1000, 3)
+        result.figures["last_statuses"] = [r.status for r in sorted(outcome.requests, key=lambda r: r.start)[-10:]]
         ledger = Ledger(
             ok=outcome.visit_ok, failed=outcome.visit_failed, retried=0, db_delta=self._visits() - visits_before
         )
@@ -210,18 +246,24 @@ class ComposeDrills:
             self._hold(self.steady_s)
             victim = self._containers()[-1]
             self.run(self.commands.kill(victim))
-            result.figures["alert_fired_after_kill_s"] = self._wait(self._alert_active, ALERT_DEADLINE_S, "alert")
+            if self.alert:
+                result.figures["alert_fired_after_kill_s"] = self._wait(self._alert_active, ALERT_DEADLINE_S, "alert")
+            else:
+                self._hold(self.steady_s)  # serving on the survivors
             self.run(self.commands.start(victim))
             result.figures["healthy_after_start_s"] = self._wait(lambda: self._healthy(victim), 120, "healthy")
-            result.figures["alert_resolved_s"] = self._wait(
-                lambda: not self._alert_active(), ALERT_DEADLINE_S, "resolved"
-            )
+            if self.alert:
+                result.figures["alert_resolved_s"] = self._wait(
+                    lambda: not self._alert_active(), ALERT_DEADLINE_S, "resolved"
+                )
             self._hold(self.steady_s)
         finally:
             self._finish(result, load, before)
         if load is not None:
             failed_percent = result.figures["failed_percent"]
             result.check(failed_percent <= 0.1, "failed-ratio", f"{failed_percent:.3f} % failed (limit 0.1 %)")
+            slowest = result.figures["slowest_response_s"]
+            result.timing(slowest <= SLOW_RESPONSE_S, "hang", f"a response took {slowest:.1f}s (target 5s)")
         return result
 
     def graceful_restart(self) -> DrillResult:
@@ -231,6 +273,8 @@ class ComposeDrills:
         try:
             self._hold(self.steady_s)
             for container in self._containers():
+                addresses = self.run(self.commands.addresses(container)).split()
+                self.run(self.commands.drain(container, addresses))
                 self.run(self.commands.stop(container))
                 self.run(self.commands.start(container))
                 self._wait(lambda c=container: self._healthy(c), 120, f"{container} healthy")  # type: ignore[misc]
@@ -260,6 +304,9 @@ class ComposeDrills:
         if load is not None:
             statuses = set(result.figures["statuses"])
             result.check(statuses <= {200, 503}, "status", f"statuses other than 200/503: {sorted(statuses)}")
+            result.check(503 in statuses, "outage-unseen", "no 503 while the database was down")
+            last = result.figures["last_statuses"]
+            result.check(set(last) == {200}, "not-recovered", f"last answers after the restart: {last}")
         return result
 
     def conn_exhaustion(self, max_connections: int = 6, replicas: int = 3) -> DrillResult:

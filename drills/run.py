@@ -41,6 +41,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     compose.add_argument("--url", default="https://localhost", help="public URL of the stack (Traefik)")
     compose.add_argument("--project-dir", type=Path, default=ComposeCommands().project_dir)
     compose.add_argument("--project-name", help="compose project name, if not the default")
+    compose.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        help="compose file (repeatable; default: COMPOSE_FILE, else compose.yaml)",
+    )
+    compose.add_argument(
+        "--env-file", action="append", default=[], help="env file (repeatable; default: COMPOSE_ENV_FILES, else .env)"
+    )
+    compose.add_argument("--docker", default="docker", help="the docker CLI (default: docker)")
+    compose.add_argument("--no-alert", action="store_true", help="replica-loss: do not wait for the alert")
     compose.add_argument("--verify-tls", action="store_true", help="verify the certificate (off: self-signed)")
     parser.add_argument(
         "--dry-run", action="store_true", help="say what would run (compose: the docker commands), run nothing"
@@ -78,9 +89,16 @@ def run_native(actions: list[str], args: argparse.Namespace) -> list[DrillResult
 
 
 def run_compose(actions: list[str], args: argparse.Namespace) -> list[DrillResult]:
-    commands = ComposeCommands(project_dir=args.project_dir, project=args.project_name)
+    commands = ComposeCommands(
+        project_dir=args.project_dir,
+        files=tuple(args.file),
+        env_files=tuple(args.env_file),
+        project=args.project_name,
+        docker=args.docker,
+    )
     drills = ComposeDrills(
         base_url=args.url,
+        alert=not args.no_alert,
         commands=commands,
         insecure=not args.verify_tls,
         dry_run=args.dry_run,

@@ -9,14 +9,17 @@
 #
 # Order: record the running image -> pull -> `migrate` service -> for every old app replica: start one new
 # replica next to it, wait until Docker reports it healthy (liveness) AND its /readyz answers 200 (database
-# reachable, schema at head), then stop and remove one old replica, then GET / through Traefik (the public
+# reachable, schema at head), then drain one old replica (its /readyz answers 503 until Traefik's metrics
+# report it down, app/drain.py), then stop and remove it, then GET / through Traefik (the public
 # path: TLS, router, middlewares, a real visit) until every try answered 200 with the page. Capacity never
 # drops below the starting replica count. If a gate fails, the new containers are removed or swapped back,
 # TALLY_IMAGE goes back to the previous image (.env and replicas) and the script exits non-zero.
 #
 # Environment: DOCKER (docker CLI, may be e.g. "sudo docker"), APP_SERVICE (app), MIGRATE_SERVICE (migrate),
 # HEALTH_TIMEOUT seconds per replica (180), HEALTH_POLL_INTERVAL seconds (2), STOP_TIMEOUT seconds for the
-# old replica's graceful stop (30, keep >= gunicorn's graceful timeout), ENV_FILE (.env),
+# old replica's graceful stop (30, keep >= gunicorn's graceful timeout), DRAIN_TIMEOUT seconds to wait for
+# Traefik to take an old replica out of rotation (15; after it, the replica is stopped anyway, with a
+# warning), TRAEFIK_METRICS_URL (http://traefik:8082/metrics, read from inside the replica), ENV_FILE (.env),
 # DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations, SKIP_PULL=1 (= --no-pull),
 # PAGE_URL (https://<DOMAIN from .env, else localhost>/), PAGE_CONNECT (127.0.0.1:<HTTPS_PORT from .env,
 # else 443>: where that URL is sent, curl --connect-to), PAGE_TRIES GETs per step (3 x replicas; Traefik
@@ -31,6 +34,8 @@ MIGRATE_SERVICE=${MIGRATE_SERVICE:-migrate}
 HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-180}
 HEALTH_POLL_INTERVAL=${HEALTH_POLL_INTERVAL:-2}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
+DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-15}
+TRAEFIK_METRICS_URL=${TRAEFIK_METRICS_URL:-http://traefik:8082/metrics}
 ENV_FILE=${ENV_FILE:-.env}
 STATE_DIR=${DEPLOY_STATE_DIR:-.deploy}
 SKIP_MIGRATE=${SKIP_MIGRATE:-0}
@@ -222,6 +227,34 @@ start_one() {
     started_id=${fresh[0]}
 }
 
+# Out of Traefik's rotation before the stop: gunicorn closes its listener at SIGTERM, and until Traefik's next
+# health check it would still send requests there (refused dials; a retry may land on it again). The replica
+# runs app/drain.py: it waits until Traefik reports the new replica up (so Traefik's rebuild of its balancer
+# for the new container, which counts every server up again, is behind us), makes its own /readyz answer 503,
+# then waits until Traefik's own metrics report it down. Never
+# fails the deploy: an image without the drain, or a Traefik that does not confirm in time, gets the plain
+# graceful stop, with a warning.
+addresses_of() {
+    docker_ inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" || true
+}
+
+drain() {
+    local id=$1 label=$2 successor=$3 out rc=0 addresses=() after=() address
+    read -r -a addresses <<<"$(addresses_of "$id")"
+    if ((${#addresses[@]} == 0)); then
+        warn "$label $(short "$id") has no network address; stopping it without draining"
+        return 0
+    fi
+    for address in $(addresses_of "$successor"); do after+=(--after-up "$address"); done
+    out=$(docker_ exec "$id" python -m app.drain --metrics-url "$TRAEFIK_METRICS_URL" --timeout "$DRAIN_TIMEOUT" \
+        "${after[@]}" "${addresses[@]}" 2>&1) || rc=$?
+    if ((rc == 0)); then
+        log "$label $(short "$id") ${out##*drain: }"
+    else
+        warn "$label $(short "$id") not drained (exit $rc: ${out##*drain: }); stopping it anyway"
+    fi
+}
+
 stop_remove() {
     local id=$1
     docker_ stop --time "$STOP_TIMEOUT" "$id" >/dev/null || return 1
@@ -237,6 +270,7 @@ replace_one() {
     wait_healthy "$new" "$label" || return 1
     wait_ready "$new" "$label" || return 1
     promoted_ids+=("$new")
+    drain "$old" "$label" "$new"
     log "$label stopping old replica $(short "$old")"
     stop_remove "$old" || return 1
     log "$label replaced $(short "$old") -> $(short "$new")"

@@ -144,6 +144,18 @@ def test_readiness_holds_when_schema_is_newer_than_this_build(client: FlaskClien
     assert client.get("/readyz").status_code == 200
 
 
+def test_a_draining_replica_is_unready_and_still_serves(database_url: str, tmp_path: Path) -> None:
+    """scripts/deploy.sh drains a replica before stopping it: Traefik's check fails, visits still count."""
+    drain_marker = tmp_path / "draining"
+    client = migrated_app(make_config(database_url, DRAIN_MARKER=str(drain_marker))).test_client()
+    assert client.get("/readyz").status_code == 200
+    drain_marker.touch()
+    response = client.get("/readyz")
+    assert (response.status_code, response.json) == (503, {"status": "draining"})
+    assert visits_on_page(visit(client)) == 1
+    assert client.get("/healthz").status_code == 200
+
+
 def test_stats_api(client: FlaskClient) -> None:
     for address in ("1.1.1.1", "1.1.1.1", "2.2.2.2"):
         visit(client, address)

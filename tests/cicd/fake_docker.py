@@ -12,6 +12,8 @@ Scenario knobs in the state file:
 - "default_replicas": replicas `compose up` starts when no --scale is given.
 - "ps_exit": exit code of `compose ps` (nothing printed when non-zero).
 - "unready_images": images whose replicas never answer /readyz 200 (`docker exec ... python -c ...`).
+- "drain_exit": exit code of `docker exec <id> python -m app.drain ...` (0: Traefik took it out); each
+  container records "drained" (whether it was asked) and the arguments it was given.
 - "bad_page_images": images whose replicas answer GET / with a 500; the fake `curl` (same script, called
   as `curl`) fails while any running replica has such an image, as Traefik's round robin would.
 """
@@ -126,6 +128,8 @@ def main(argv: list[str]) -> int:
                 rc = 1
             elif "Config.Image" in fmt:
                 print(c["image"])
+            elif "NetworkSettings.Networks" in fmt:
+                print(f"172.31.240.{state['containers'].index(c) + 10} 172.31.241.{state['containers'].index(c) + 10} ")
             else:
                 plan = c["plan"]
                 health = plan[min(c["polls"], len(plan) - 1)]
@@ -136,6 +140,12 @@ def main(argv: list[str]) -> int:
                     c["status"] = "exited"
                 extra["answer"] = f"{status}/{health}"
                 print(extra["answer"])
+        elif argv[0] == "exec" and argv[2:5] == ["python", "-m", "app.drain"]:
+            c = find(state, argv[1])
+            rc = 1 if c is None or c["status"] != "running" else int(state.get("drain_exit", 0))
+            if c is not None:
+                c["drained"], c["drain_args"] = True, argv[5:]
+            print("drain: out of Traefik's rotation after 1.2s" if rc == 0 else "drain: Traefik did not report")
         elif argv[0] == "exec":
             c = find(state, argv[1])
             rc = 1 if c is None or c["status"] != "running" or c["image"] in state.get("unready_images", []) else 0

@@ -119,6 +119,8 @@ def events(r: Result) -> list[str]:
             out.append(f"up {c['image_env']}")
         elif a[0] == "inspect" and c.get("answer") == "running/healthy":
             out.append(f"healthy {a[-1][:6]}")
+        elif a[0] == "exec" and "app.drain" in a:
+            out.append(f"drain {a[1][:6]}")
         elif a[0] in ("stop", "rm"):
             out.append(f"{a[0]}{' -f' if '-f' in a else ''} {a[-1][:6]}")
     return out
@@ -140,10 +142,12 @@ def test_rolling_order_per_replica(project: Path) -> None:
         "migrate",
         f"up {NEW}",
         "healthy new001",
+        "drain old001",
         "stop old001",
         "rm old001",
         f"up {NEW}",
         "healthy new002",
+        "drain old002",
         "stop old002",
         "rm old002",
     ]
@@ -176,9 +180,12 @@ def test_rollback_when_second_replica_unhealthy(project: Path) -> None:
     assert "ROLLBACK" in r.err
     trace = events(r)
     # The unhealthy one never carried traffic: removed at once. The promoted one is swapped back health-gated.
-    assert trace[:7] == ["pull", "migrate", f"up {NEW}", "healthy new001", "stop old001", "rm old001", f"up {NEW}"]
-    assert "stop old002" not in trace
-    assert trace[7:] == ["rm -f new002", f"up {OLD}", "healthy new003", "stop new001", "rm new001"]
+    assert trace[:8] == [
+        "pull", "migrate", f"up {NEW}", "healthy new001", "drain old001", "stop old001", "rm old001", f"up {NEW}"
+    ]  # fmt: skip
+    assert "stop old002" not in trace and "drain old002" not in trace
+    # The promoted replica carries traffic: drained like any other before it goes.
+    assert trace[8:] == ["rm -f new002", f"up {OLD}", "healthy new003", "drain new001", "stop new001", "rm new001"]
     assert images_running(r) == [OLD, OLD]
     assert env_image(r) == OLD
 
@@ -311,3 +318,29 @@ def test_failing_compose_ps_stops_before_anything_changes(project: Path) -> None
     assert events(r) == []
     assert env_image(r) == OLD
     assert images_running(r) == [OLD, OLD]
+
+
+def test_old_replica_is_drained_from_traefik_before_it_stops(project: Path) -> None:
+    r = run_deploy(project, NEW, DRAIN_TIMEOUT="7", TRAEFIK_METRICS_URL="http://edge-proxy:9100/metrics")
+    assert r.rc == 0, r.err
+    drains = [c["argv"] for c in r.calls if "app.drain" in c["argv"]]
+    assert len(drains) == 2
+    # Run inside the old replica, with every address it has (Traefik's metrics name the server by one of them),
+    # after Traefik reports its successor (new001, the third container) up.
+    assert drains[0][:2] == ["exec", "old001" + "e" * 58]
+    assert drains[0][2:] == [
+        "python", "-m", "app.drain", "--metrics-url", "http://edge-proxy:9100/metrics", "--timeout", "7",
+        "--after-up", "172.31.240.12", "--after-up", "172.31.241.12", "172.31.240.10", "172.31.241.10",
+    ]  # fmt: skip
+    assert "out of Traefik's rotation after 1.2s" in r.out
+
+
+@pytest.mark.parametrize("drain_exit", [3, 4])
+def test_a_replica_that_cannot_be_drained_is_still_replaced(project: Path, drain_exit: int) -> None:
+    """An old image without the drain (3) or a Traefik that does not confirm (4): the plain graceful stop."""
+    r = run_deploy(project, NEW, scenario={"drain_exit": drain_exit})
+    assert r.rc == 0, r.err
+    assert f"not drained (exit {drain_exit}" in r.err and "stopping it anyway" in r.err
+    trace = events(r)
+    assert trace.index("drain old001") < trace.index("stop old001")
+    assert images_running(r) == [NEW, NEW]

@@ -148,6 +148,30 @@ def test_compose_graceful_restart_stops_each_replica_within_the_grace_period() -
     assert all(c[2:4] == ["--time", str(lb.go_duration_ms(grace) // 1000)] for c in stops)
 
 
+def test_compose_graceful_restart_drains_each_replica_from_traefik_before_stopping_it() -> None:
+    commands = compose.plan(["graceful-restart"])
+    for container in ("c0ffee000001", "c0ffee000002"):
+        drain = commands.index(next(c for c in commands if "app.drain" in c and container in c))
+        assert commands[drain][-2:] == ["172.31.240.10", "172.31.241.10"]  # every address it has
+        assert drain < commands.index(next(c for c in commands if c[1] == "stop" and c[-1] == container))
+
+
+def test_compose_commands_follow_compose_env_unless_files_are_given() -> None:
+    """No --file by default: `docker compose` reads COMPOSE_FILE / COMPOSE_ENV_FILES itself (the e2e suite)."""
+    default = compose.ComposeCommands().compose("ps")
+    assert "--file" not in default and "--env-file" not in default
+    given = compose.ComposeCommands(files=("a.yaml", "b.yaml"), env_files=("x.env",), docker="/opt/docker")
+    argv = given.compose("ps")
+    assert argv[0] == "/opt/docker"
+    assert argv[argv.index("ps") - 6 :] == ["--file", "a.yaml", "--file", "b.yaml", "--env-file", "x.env", "ps"]
+
+
+def test_compose_replica_loss_without_alert_never_asks_alertmanager() -> None:
+    commands = compose.plan(["replica-loss"], alert=False)
+    assert any(c[:2] == ["docker", "kill"] for c in commands)
+    assert not any("wget" in c for c in commands)
+
+
 def test_compose_db_restart_stops_then_starts_postgres() -> None:
     commands = compose.plan(["db-restart"])
     tails = [c[-3:] for c in commands]
@@ -176,6 +200,15 @@ def test_cli_dry_run_against_compose(capsys: pytest.CaptureFixture[str]) -> None
     assert "docker kill --signal KILL" in out
     assert "nothing was run" in out.splitlines()[-1]
     assert _judged(out) == []
+
+
+def test_cli_compose_flags_reach_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--target", "compose", "--action", "replica-loss", "--dry-run", "--no-alert", "--docker", "/opt/d"]
+    assert main([*argv, "--file", "compose.yaml", "--file", "e2e.yaml", "--env-file", "stack.env"]) == 0
+    out = capsys.readouterr().out
+    assert "/opt/d compose --project-directory" in out
+    assert "--file compose.yaml --file e2e.yaml --env-file stack.env ps --quiet app" in out
+    assert "wget" not in out
 
 
 def test_cli_dry_run_natively_starts_nothing(

@@ -244,7 +244,8 @@ def make_stack(engine: Engine) -> Stack:
     imports.mkdir()
     env_file = engine.root / "stack.env"
     env_file.write_text(
-        f"HTTP_PORT={http_port}\nHTTPS_PORT={https_port}\nGRAFANA_LOCAL_PORT={grafana_port}\n"
+        # Free ports on loopback only: nothing outside this machine reaches the stack under test.
+        f"PUBLISH_ADDRESS=127.0.0.1\nHTTP_PORT={http_port}\nHTTPS_PORT={https_port}\nGRAFANA_LOCAL_PORT={grafana_port}\n"
         f"TALLY_E2E_DOCKER_SOCKET={engine.socket}\nTALLY_E2E_SECRETS_IMPORT={imports}\n"
     )
     env = dict(engine.env)

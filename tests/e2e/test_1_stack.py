@@ -69,6 +69,21 @@ def test_every_service_is_healthy_and_every_job_exited_0(stack: Stack) -> None:
     assert len(by_service["app"]) == 2
 
 
+def test_published_ports_are_ipv4_only(stack: Stack) -> None:
+    """compose/edge.yaml's own `ports` (PUBLISH_ADDRESS from the suite's env file): IPv4 bindings only, no
+    [::] listener, which would hand every IPv6 visitor to Traefik as one gateway address."""
+    traefik = stack.container_ids("traefik")[0]
+    bindings = stack.inspect(traefik)["NetworkSettings"]["Ports"]
+    published = {port: sorted((b["HostIp"], int(b["HostPort"])) for b in bindings[port] or []) for port in bindings}
+    assert published["80/tcp"] == [("127.0.0.1", stack.http_port)], published
+    assert published["443/tcp"] == [("127.0.0.1", stack.https_port)], published
+    assert all(host and ":" not in host for binds in published.values() for host, _ in binds), published
+    for port in (stack.http_port, stack.https_port):
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            assert probe.connect_ex(("::1", port)) != 0, f"something listens on [::1]:{port}"
+
+
 # --- 2. HTTPS through Traefik --------------------------------------------------------------------------------
 
 
