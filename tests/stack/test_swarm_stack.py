@@ -1,0 +1,149 @@
+"""The Swarm stack (swarm/render.py) against the compose model it is rendered from: what the two share
+(images, environment, health checks, limits, users, commands) must not drift, and Docker's own loader
+must accept the file. No engine needed: `docker stack config` only loads and validates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from tests.e2e.engine import ENGINE
+from tests.stack.stackutil import REPO, compose_binary, render, require_tool
+
+SWARM = REPO / "swarm"
+# What swarm/compose.swarm.yaml may set: how Swarm places and rolls services, and how Traefik's ports are
+# published. Anything else there would be configuration written twice.
+SWARM_ONLY_DEPLOY = {"mode", "placement", "update_config", "rollback_config", "restart_policy"}
+# Services the stack replaces (secrets-init: Swarm secrets) or never deploys (restore-pitr: a profile).
+NOT_IN_STACK = {"secrets-init", "restore-pitr"}
+SHARED = ("image", "environment", "healthcheck", "user", "command", "entrypoint", "read_only", "cap_drop", "cap_add")
+# The Swarm provider's flags stand in for the Docker provider's; the socket proxy lets Prometheus and the
+# Swarm endpoints through (both on purpose, in render.py).
+REWRITTEN_COMMANDS = {"traefik", "socket-proxy"}
+
+
+def render_stack(tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    empty = tmp / "empty.env"
+    empty.write_text("")
+    result = subprocess.run(
+        [sys.executable, str(SWARM / "render.py"), "--out", str(tmp)],
+        env={"PATH": "/usr/bin:/bin", "COMPOSE": f"{compose_binary()} --env-file {empty}", **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    stack: dict[str, Any] = yaml.safe_load((tmp / "tally-stack.yaml").read_text())
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return render_stack(tmp_path_factory.mktemp("swarm"))
+
+
+@pytest.fixture(scope="module")
+def model() -> dict[str, Any]:
+    return render(files=(REPO / "compose.yaml",))
+
+
+def test_the_swarm_override_sets_only_placement_rollout_and_ports() -> None:
+    # Compose's merge tag means nothing to PyYAML; the keys are what matters here.
+    override = yaml.safe_load((SWARM / "compose.swarm.yaml").read_text().replace("!override", ""))
+    for name, svc in override["services"].items():
+        assert set(svc) <= {"deploy", "ports"}, name
+        assert set(svc.get("deploy", {})) <= SWARM_ONLY_DEPLOY, name
+        assert "ports" not in svc or name == "traefik", name
+
+
+def test_every_service_runs_with_what_compose_gives_it(stack: dict[str, Any], model: dict[str, Any]) -> None:
+    assert set(stack["services"]) == set(model["services"]) - NOT_IN_STACK
+    for name, svc in stack["services"].items():
+        original = model["services"][name]
+        for key in SHARED:
+            if key == "command" and name in REWRITTEN_COMMANDS:
+                continue
+            assert svc.get(key) == original.get(key), (name, key)
+        limits, compose_limits = svc["deploy"]["resources"]["limits"], original["deploy"]["resources"]["limits"]
+        assert float(limits.pop("cpus")) == float(compose_limits["cpus"]), name
+        assert limits == {k: v for k, v in compose_limits.items() if k != "cpus"}, name
+        assert svc.get("stop_grace_period") == original.get("stop_grace_period"), name
+        # Every label Traefik reads is on the service, unchanged but for the provider's network key.
+        labels = {k.replace("traefik.docker.", "traefik.swarm."): v for k, v in (original.get("labels") or {}).items()}
+        assert {**(svc.get("labels") or {}), **svc["deploy"].get("labels", {})} == labels, name
+
+
+def test_the_providers_move_to_swarm(stack: dict[str, Any]) -> None:
+    traefik = stack["services"]["traefik"]
+    assert not [arg for arg in traefik["command"] if arg.startswith("--providers.docker")]
+    assert "--providers.swarm.endpoint=tcp://socket-proxy:2375" in traefik["command"]
+    assert all(port["mode"] == "host" for port in traefik["ports"])
+    assert traefik["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    app = stack["services"]["app"]["deploy"]
+    assert app["update_config"]["order"] == "start-first"
+    assert app["update_config"]["failure_action"] == "rollback"
+    assert stack["services"]["node-exporter"]["deploy"]["mode"] == "global"
+    assert all(svc["deploy"]["endpoint_mode"] == "dnsrr" for svc in stack["services"].values())
+    prometheus = yaml.safe_load(Path(stack["configs"][prometheus_config(stack)]["file"]).read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["tally-app"]["dockerswarm_sd_configs"][0]["port"] == 9200
+    assert "dns_sd_configs" not in jobs["tally-app"]
+
+
+def prometheus_config(stack: dict[str, Any]) -> str:
+    for mount in stack["services"]["prometheus"]["configs"]:
+        if mount["target"] == "/etc/prometheus/prometheus.yml":
+            source: str = mount["source"]
+            return source
+    raise AssertionError("no prometheus.yml config")
+
+
+def test_secrets_and_config_files_keep_their_paths(stack: dict[str, Any], model: dict[str, Any]) -> None:
+    for name, svc in stack["services"].items():
+        original = model["services"][name]
+        mounts = original.get("volumes") or []
+        wanted = {m["volume"]["subpath"] for m in mounts if m.get("source") == "secrets" and "subpath" in m["volume"]}
+        assert {s["source"] for s in svc.get("secrets", [])} == wanted, name
+        for mount in svc.get("configs", []):
+            config = stack["configs"][mount["source"]]
+            source = Path(config["file"])
+            assert source.is_file(), (name, source)
+            if source.is_relative_to(REPO):
+                bind = next(m for m in original["volumes"] if mount["target"].startswith(m["target"]))
+                assert mount["target"] == bind["target"] + str(source)[len(bind["source"]) :], (name, mount)
+    assert set(stack["secrets"]) == {
+        m["volume"]["subpath"]
+        for s in model["services"].values()
+        for m in s.get("volumes") or []
+        if "subpath" in (m.get("volume") or {})
+    }
+
+
+def test_docker_accepts_the_stack_file(tmp_path: Path) -> None:
+    render_stack(tmp_path)
+    docker = require_tool(ENGINE / "usr/bin/docker", "docker CLI", "scripts/install-docker-engine.sh (as root)")
+    result = subprocess.run(
+        [docker, "stack", "config", "-c", str(tmp_path / "tally-stack.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_managed_database_replaces_the_postgres_service(tmp_path: Path) -> None:
+    stack = render_stack(tmp_path, {"TALLY_DATABASE_HOST": "db.example.com"})
+    services = stack["services"]
+    assert "postgres" not in services
+    app_url = services["app"]["environment"]["DATABASE_URL"]
+    assert "@db.example.com:5432/" in app_url and "sslmode=verify-full" in app_url
+    assert "sslmode=verify-full" in services["postgres-exporter"]["environment"]["DATA_SOURCE_URI"]
+    assert services["backup"]["environment"]["PGSSLMODE"] == "verify-full"
+    for name in ("app", "migrate", "backup", "postgres-exporter"):
+        assert "db_ca" in {s["source"] for s in services[name]["secrets"]}, name
+    assert "internal" not in stack["networks"]["backend"]
