@@ -3,8 +3,8 @@
 Only a visit's figures change from one visit to the next. Jinja renders ``index.html`` once per worker
 (and URL prefix) with a marker in place of each figure, autoescaping USER_NAME and USER_URL as in any
 other rendering; a visit then joins the fixed pieces with its figures, which are integers and a fixed
-word, so nothing a visit adds needs escaping. Rendering the template per visit was ~15 % of a visit's
-CPU in the app process (docs/capacity.md, "One visit, profiled").
+word, so nothing a visit adds needs escaping. Rendering the template per visit was ~25 % of a visit's
+CPU in the app process under cProfile (docs/capacity.md, "One visit, profiled").
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from .counting import VisitResult
 # NUL cannot occur in the template, in an environment variable (USER_NAME, USER_URL) or in a version.
 _MARK = "\x00"
 _FIGURES = ("visits", "unit", "total_visitors", "today_visitors")
+# gunicorn takes SCRIPT_NAME from a trusted forwarder's request header, so the prefixes a worker sees are
+# not ours to bound: past a few, a page is rendered for its request and not kept.
+MAX_PREFIXES = 8
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,14 @@ class VisitPage:
         root = request.script_root
         skeleton = self._skeletons.get(root)
         if skeleton is None:
+            html = render_visit_page(_Markers(), self.build, self.user_name, self.user_url)
+            skeleton = tuple(html.split(_MARK))
+            names = skeleton[1::2]
+            if sorted(names) != sorted(_FIGURES):
+                raise RuntimeError(f"index.html must show each visit figure once, found {names}")
             with self._lock:
-                html = render_visit_page(_Markers(), self.build, self.user_name, self.user_url)
-                pieces = tuple(html.split(_MARK))
-                names = pieces[1::2]
-                if sorted(names) != sorted(_FIGURES):
-                    raise RuntimeError(f"index.html must show each visit figure once, found {names}")
-                skeleton = self._skeletons[root] = pieces
+                if len(self._skeletons) < MAX_PREFIXES:
+                    self._skeletons[root] = skeleton
         return skeleton
 
     def render(self, visit: VisitResult) -> str:

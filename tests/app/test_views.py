@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.counting import VisitResult
-from app.page import render_visit_page
+from app.page import MAX_PREFIXES, render_visit_page
 from tests.app.helpers import database_totals, released_version, total_on_page, visits_on_page
 from tests.conftest import make_config, migrated_app
 
@@ -68,6 +68,17 @@ def test_prerendered_visit_page_is_the_template_rendering(tmp_path: Path, visits
     assert 'href="https://ops.example.org/?a=1&amp;b=&lt;2&gt;"' in fast
     assert visits_on_page(fast) == visits
     assert "\x00" not in fast
+
+
+def test_prerendered_pages_kept_are_bounded(tmp_path: Path) -> None:
+    """gunicorn takes SCRIPT_NAME from a forwarder's header: prefixes must not grow a worker's memory."""
+    app = create_app(make_config(f"sqlite:///{tmp_path / 't.sqlite3'}"))
+    page = app.extensions["tally"].visit_page
+    visit = VisitResult(3, False, False, 4, 5)
+    for number in range(MAX_PREFIXES + 5):
+        with app.test_request_context("/", base_url=f"http://localhost/p{number}/"):
+            assert f'href="/p{number}/static/cover.css"' in page.render(visit)
+    assert len(page._skeletons) == MAX_PREFIXES
 
 
 def test_equivalent_addresses_are_one_visitor(client: FlaskClient) -> None:
