@@ -77,7 +77,7 @@ def create_app(config: Config | None = None) -> Flask:
         engine=engine,
         head_revision=head,
         known_revisions=known,
-        visit_page=VisitPage(build, config.user_name, config.user_url),
+        visit_page=VisitPage(),
     )
     state.install(app)
 
@@ -100,7 +100,14 @@ def create_app(config: Config | None = None) -> Flask:
     @app.after_request
     def _tag_response(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        # Pages and answers are per visitor and per moment; a view that may be shared says so itself.
+        response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @app.context_processor
+    def _page_context() -> dict[str, object]:
+        # What every page shows in its header and footer, from the one state object.
+        return {"build": build, "user_name": config.user_name, "user_url": config.user_url}
 
     app.register_blueprint(bp)
     register_error_handlers(app, engine.dialect.loaded_dbapi.OperationalError)

@@ -11,8 +11,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQL
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from .state import tally
-from .views import BadClientAddress, request_id
+from .identity import BadClientAddress
+from .logs import request_id
 
 log = logging.getLogger(__name__)
 JSON_PREFIXES = ("/api/", "/version", "/healthz", "/readyz")
@@ -27,22 +27,11 @@ def _respond(status: int, title: str, message: str) -> Response:
         # page's url_for() would fail, so answer in plain text.
         response = Response(f"{title}: {message}\n", mimetype="text/plain")
     else:
-        state = tally()
         response = Response(
-            render_template(
-                "error.html",
-                status=status,
-                title=title,
-                message=message,
-                request_id=request_id(),
-                build=state.build,
-                user_name=state.config.user_name,
-                user_url=state.config.user_url,
-            ),
+            render_template("error.html", status=status, title=title, message=message, request_id=request_id()),
             mimetype="text/html",
         )
     response.status_code = status
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -14,6 +14,10 @@ VISITOR_KEY_BYTES = 32
 MAX_ADDRESS_LENGTH = 64
 
 
+class BadClientAddress(Exception):
+    """The address our trusted proxies handed us is not an IP address."""
+
+
 def normalise_address(raw: str | None) -> str | None:
     """Canonical text of an IP address, or None when ``raw`` is not one.
 

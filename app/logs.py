@@ -37,6 +37,11 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
+def request_id() -> str | None:
+    value: str | None = g.get("request_id")
+    return value
+
+
 def assign_request_id() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex

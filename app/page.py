@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from flask import render_template, request
 
-from .buildinfo import BuildInfo
 from .counting import VisitResult
 
 # NUL cannot occur in the template, in an environment variable (USER_NAME, USER_URL) or in a version.
@@ -38,19 +37,14 @@ def visits_unit(visits: int) -> str:
     return "time" if visits == 1 else "times"
 
 
-def render_visit_page(visit: VisitResult | _Markers | None, build: BuildInfo, user_name: str, user_url: str) -> str:
+def render_visit_page(visit: VisitResult | _Markers | None) -> str:
     """The page through Jinja: for health probes (no visit) and to make the skeleton."""
     unit = visits_unit(visit.visits) if isinstance(visit, VisitResult) else f"{_MARK}unit{_MARK}"
-    return render_template(
-        "index.html", visit=visit, visits_unit=unit, build=build, user_name=user_name, user_url=user_url
-    )
+    return render_template("index.html", visit=visit, visits_unit=unit)
 
 
 @dataclass
 class VisitPage:
-    build: BuildInfo
-    user_name: str
-    user_url: str
     # script_root -> literal pieces with the figures' names between them (literal, name, literal, ...).
     _skeletons: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,7 +55,7 @@ class VisitPage:
         root = request.script_root
         skeleton = self._skeletons.get(root)
         if skeleton is None:
-            html = render_visit_page(_Markers(), self.build, self.user_name, self.user_url)
+            html = render_visit_page(_Markers())
             skeleton = tuple(html.split(_MARK))
             names = skeleton[1::2]
             if sorted(names) != sorted(_FIGURES):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, render_template, request
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
 from .chart import bar_chart
 from .counting import VisitResult, read_stats, record_visit
-from .identity import normalise_address, visitor_key
+from .identity import BadClientAddress, normalise_address, visitor_key
 from .page import render_visit_page
 from .state import tally
 
@@ -20,7 +20,6 @@ bp = Blueprint("tally", __name__)
 # The statistics page is the same for everyone and holds no personal data: browsers and any shared cache may
 # reuse it for a minute, which bounds the reads a crowd of reloads costs; a minute-old chart is still true.
 STATS_PAGE_CACHE_CONTROL = "public, max-age=60"
-NO_STORE = {"Cache-Control": "no-store"}
 
 # Uptime checkers that poll "/" although they should use /healthz; their polls are not visits.
 PROBE_USER_AGENT_PREFIXES = (
@@ -36,25 +35,15 @@ PROBE_USER_AGENT_PREFIXES = (
 # prefix matched only clients naming themselves "Traefik…", whose visits would silently not count.
 
 
-class BadClientAddress(Exception):
-    """The address our trusted proxies handed us is not an IP address."""
-
-
 def _page(visit: VisitResult | None) -> Response:
-    state = tally()
-    if visit is None:
-        html = render_visit_page(None, state.build, state.config.user_name, state.config.user_url)
-    else:
-        html = state.visit_page.render(visit)
-    return Response(html, mimetype="text/html", headers=NO_STORE)
+    html = render_visit_page(None) if visit is None else tally().visit_page.render(visit)
+    return Response(html, mimetype="text/html")
 
 
 @bp.get("/")
 def index() -> Response:
     if request.method == "HEAD":
-        response = Response(mimetype="text/html")
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return Response(mimetype="text/html")
     user_agent = request.headers.get("User-Agent", "")
     if user_agent.startswith(PROBE_USER_AGENT_PREFIXES):
         return _page(None)
@@ -110,9 +99,7 @@ def stats() -> Response:
         "total_visits": result.total_visits,
         "daily": [{"day": d.day.isoformat(), "unique_visitors": d.unique_visitors} for d in result.daily],
     }
-    response = jsonify(body)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return jsonify(body)
 
 
 @bp.get("/stats")
@@ -125,15 +112,7 @@ def stats_page() -> Response:
         "stats.html",
         stats=result,
         chart=bar_chart([(d.day, d.unique_visitors) for d in result.daily]),
-        build=state.build,
-        user_name=state.config.user_name,
-        user_url=state.config.user_url,
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = STATS_PAGE_CACHE_CONTROL
     return response
-
-
-def request_id() -> str | None:
-    value: str | None = g.get("request_id")
-    return value

@@ -62,7 +62,7 @@ def test_prerendered_visit_page_is_the_template_rendering(tmp_path: Path, visits
     for base_url in ("http://localhost/", "http://localhost/prefix/"):
         with app.test_request_context("/", base_url=base_url):
             fast = state.visit_page.render(visit)
-            assert fast == render_visit_page(visit, state.build, name, url)
+            assert fast == render_visit_page(visit)
         assert f'href="{base_url.removeprefix("http://localhost")}static/cover.css"' in fast
     assert "Ops &lt;Team&gt; &amp; &#34;Co&#34;" in fast
     assert 'href="https://ops.example.org/?a=1&amp;b=&lt;2&gt;"' in fast
