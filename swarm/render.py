@@ -95,8 +95,9 @@ class Renderer:
         self.secrets: set[str] = set()
 
     def config(self, service: str, source: Path, target: str) -> dict[str, Any]:
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:10]
-        key = re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{service}{target}")[:48] + f"-{digest}"
+        # Swarm object names: at most 64 characters of [a-zA-Z0-9_.-]; the digest covers path and content.
+        digest = hashlib.sha256(target.encode() + b"\0" + source.read_bytes()).hexdigest()[:10]
+        key = re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{service}_{Path(target).name}")[:40] + f"-{digest}"
         self.configs[key] = {"file": str(source), "name": f"{STACK}_{key}"}
         return {"source": key, "target": target, "mode": 0o444}
 
