@@ -46,7 +46,7 @@ SECRETS_VOLUME = "secrets"
 DROPPED_SERVICES = {"secrets-init", "restore-pitr"}
 # Compose keys `docker stack deploy` ignores or rejects; what replaces each is in docs/scaling.md.
 UNSUPPORTED = {"build", "depends_on", "restart", "security_opt", "network_mode", "pid", "profiles", "devices"}
-SOCKET_PROXY_GET = "|services|tasks|nodes|networks|services/[a-zA-Z0-9_.-]+|tasks/[a-zA-Z0-9_.-]+"
+SOCKET_PROXY_GET = "|services|tasks|nodes|networks|(?:services|tasks|nodes|networks)/[a-zA-Z0-9_.-]+"
 # Prometheus jobs whose targets are one per task: discovered from the Swarm API (service, port, network).
 SWARM_SD_JOBS = {"tally-app": ("app", 9200, "app-metrics"), "node": ("node-exporter", 9100, "monitoring")}
 CA_FILE = "/run/secrets/db_ca"
