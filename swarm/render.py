@@ -46,7 +46,7 @@ SECRETS_VOLUME = "secrets"
 DROPPED_SERVICES = {"secrets-init", "restore-pitr"}
 # Compose keys `docker stack deploy` ignores or rejects; what replaces each is in docs/scaling.md.
 UNSUPPORTED = {"build", "depends_on", "restart", "security_opt", "network_mode", "pid", "profiles", "devices"}
-SOCKET_PROXY_GET = "|services|tasks|nodes|networks|services/[a-zA-Z0-9_.-]+|tasks/[a-zA-Z0-9_.-]+"
+SOCKET_PROXY_GET = "|services|tasks|nodes|networks|(?:services|tasks|nodes|networks)/[a-zA-Z0-9_.-]+"
 # Prometheus jobs whose targets are one per task: discovered from the Swarm API (service, port, network).
 SWARM_SD_JOBS = {"tally-app": ("app", 9200, "app-metrics"), "node": ("node-exporter", 9100, "monitoring")}
 CA_FILE = "/run/secrets/db_ca"
@@ -95,8 +95,9 @@ class Renderer:
         self.secrets: set[str] = set()
 
     def config(self, service: str, source: Path, target: str) -> dict[str, Any]:
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:10]
-        key = re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{service}{target}")[:48] + f"-{digest}"
+        # Swarm object names: at most 64 characters of [a-zA-Z0-9_.-]; the digest covers path and content.
+        digest = hashlib.sha256(target.encode() + b"\0" + source.read_bytes()).hexdigest()[:10]
+        key = re.sub(r"[^a-zA-Z0-9_.-]", "_", f"{service}_{Path(target).name}")[:40] + f"-{digest}"
         self.configs[key] = {"file": str(source), "name": f"{STACK}_{key}"}
         return {"source": key, "target": target, "mode": 0o444}
 

@@ -228,7 +228,8 @@ class Stack:
 
     def drop_clients(self) -> None:
         if self.clients:
-            self.engine.docker("rm", "-f", *self.clients.values())
+            # check=False: the swarm tests (test_9_swarm.py) may have removed them with the whole stack.
+            self.engine.docker("rm", "-f", *self.clients.values(), check=False)
             self.clients.clear()
 
     def visit(self, client: str, *args: str, timeout: float = 300) -> dict[str, Any]:
@@ -257,19 +258,25 @@ def make_stack(engine: Engine) -> Stack:
 
 
 @contextlib.contextmanager
-def running_stack() -> Iterator[Stack]:
+def running_engine() -> Iterator[Engine]:
+    """The session's engine with the images built: the compose stack and the swarm tests share it."""
     engine = start_engine()
     try:
         seconds = build_images(engine)
         print(f"\n[e2e] images built in {seconds:.0f} s")
-        stack = make_stack(engine)
-        try:
-            started = time.monotonic()
-            stack.up = stack.compose("up", "-d", "--wait", "--wait-timeout", "600", timeout=900, check=False)
-            print(f"[e2e] up -d --wait: exit {stack.up.returncode} in {time.monotonic() - started:.0f} s")
-            yield stack
-        finally:
-            stack.drop_clients()
-            stack.compose("down", "-v", "--remove-orphans", "--timeout", "30", timeout=600, check=False)
+        yield engine
     finally:
         stop_engine(engine)
+
+
+@contextlib.contextmanager
+def running_stack(engine: Engine) -> Iterator[Stack]:
+    stack = make_stack(engine)
+    try:
+        started = time.monotonic()
+        stack.up = stack.compose("up", "-d", "--wait", "--wait-timeout", "600", timeout=900, check=False)
+        print(f"[e2e] up -d --wait: exit {stack.up.returncode} in {time.monotonic() - started:.0f} s")
+        yield stack
+    finally:
+        stack.drop_clients()
+        stack.compose("down", "-v", "--remove-orphans", "--timeout", "30", timeout=600, check=False)

@@ -4,6 +4,7 @@ must accept the file. No engine needed: `docker stack config` only loads and val
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,9 @@ def test_a_managed_database_replaces_the_postgres_service(tmp_path: Path) -> Non
     for name in ("app", "migrate", "backup", "postgres-exporter"):
         assert "db_ca" in {s["source"] for s in services[name]["secrets"]}, name
     assert "internal" not in stack["networks"]["backend"]
+
+
+def test_swarm_object_names_are_valid(stack: dict[str, Any]) -> None:
+    # The engine refuses longer names or other characters only at deploy time (`docker stack config` passes).
+    for config in stack["configs"].values():
+        assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}[a-zA-Z0-9]", config["name"]), config["name"]

@@ -1,0 +1,250 @@
+"""The same stack on a one-node Docker Swarm (swarm/render.py, docs/scaling.md), on the session's engine.
+
+Runs last in the package: its fixture removes whatever the compose stack left, joins a one-node swarm,
+deploys the rendered stack, and leaves the swarm (removing everything) at the end, so the engine's data root
+is as clean as it found it. Grafana and cAdvisor are left out as in the compose e2e (no image here).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from drills.load import Load
+from tests.e2e import client
+from tests.e2e.engine import ENGINE, OVERRIDE, Engine
+from tests.stack.stackutil import REPO, compose_binary
+from tests.support.procs import free_port, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+NAME = "tally"
+DEPLOY_TIMEOUT = 300
+
+
+@dataclass
+class Swarm:
+    engine: Engine
+    out: Path
+    https_port: int
+    render_env: dict[str, str]
+
+    def docker(self, *args: str, timeout: float = 120, check: bool = True) -> str:
+        return self.engine.docker(*args, timeout=timeout, check=check).stdout
+
+    def render(self, image: str) -> dict[str, Any]:
+        script = REPO / "swarm/render.py"
+        env = self.render_env | {"TALLY_IMAGE": image}
+        self.engine.run(sys.executable, str(script), "--out", str(self.out), "-f", str(OVERRIDE), env=env)
+        stack: dict[str, Any] = yaml.safe_load((self.out / "tally-stack.yaml").read_text())
+        return stack
+
+    def deploy(self, image: str = "tally:local") -> None:
+        self.render(image)
+        # Local images only: no registry to resolve digests against.
+        self.docker("stack", "deploy", "--resolve-image", "never", "-c", str(self.out / "tally-stack.yaml"), NAME)
+
+    def tasks(self, service: str) -> list[dict[str, Any]]:
+        out = self.docker("service", "ps", f"{NAME}_{service}", "--format", "json", "--no-trunc")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def healthy_containers(self, service: str) -> list[str]:
+        out = self.docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.swarm.service.name={NAME}_{service}",
+            "--filter",
+            "health=healthy",
+        )
+        return out.split()
+
+    def container(self, service: str) -> str:
+        ids = self.docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={NAME}_{service}").split()
+        assert ids, f"no running task of {service}"
+        return ids[0]
+
+    def service(self, service: str) -> dict[str, Any]:
+        data: list[dict[str, Any]] = json.loads(self.docker("service", "inspect", f"{NAME}_{service}"))
+        return data[0]
+
+    def get(self, path: str = "/") -> tuple[int, str]:
+        try:
+            status, _, body = client.get("127.0.0.1", self.https_port, path, timeout=5)
+        except OSError as exc:
+            return -1, repr(exc)
+        return status, body
+
+    def stats(self) -> dict[str, Any]:
+        status, body = self.get("/api/stats")
+        assert status == 200, body
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def prometheus_targets(self, job: str) -> int:
+        prometheus = self.container("prometheus")
+        out = self.docker("exec", prometheus, "wget", "-q", "-O", "-", "http://127.0.0.1:9090/api/v1/targets")
+        targets = json.loads(out)["data"]["activeTargets"]
+        return sum(1 for t in targets if t["labels"]["job"] == job and t["health"] == "up")
+
+    def wait_app(self, replicas: int, image: str) -> None:
+        def ready() -> bool:
+            running = [
+                t
+                for t in self.tasks("app")
+                if t["CurrentState"].startswith("Running") and t["DesiredState"] == "Running"
+            ]
+            return (
+                len(running) == replicas
+                and all(t["Image"].split("@")[0] == image for t in running)
+                and len(self.healthy_containers("app")) == replicas
+            )
+
+        wait_until(ready, timeout=DEPLOY_TIMEOUT, interval=2, message=f"{replicas} healthy app tasks of {image}")
+
+
+def clean(engine: Engine) -> None:
+    engine.docker("swarm", "leave", "--force", check=False)
+    leftovers = engine.docker("ps", "-aq").stdout.split()
+    if leftovers:
+        engine.docker("rm", "-f", "-v", *leftovers, timeout=300)
+    engine.docker("volume", "prune", "--all", "--force")
+    engine.docker("network", "prune", "--force")
+
+
+@pytest.fixture(scope="module")
+def swarm(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    # The compose stack (if this session ran it) goes first: one stack at a time on two cores.
+    clean(engine)
+    work = tmp_path_factory.mktemp("swarm")
+    empty_env = work / "empty.env"
+    empty_env.write_text("")
+    https_port = free_port()
+    render_env = engine.env | {
+        # A developer's .env is never read.
+        "COMPOSE": f"{compose_binary()} --env-file {empty_env}",
+        "HTTP_PORT": str(free_port()),
+        "HTTPS_PORT": str(https_port),
+        "TALLY_E2E_DOCKER_SOCKET": str(engine.socket),
+        "TALLY_E2E_SECRETS_IMPORT": str(work),
+    }
+    try:
+        engine.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        node = engine.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+        engine.docker("node", "update", "--label-add", "tally.db=true", "--label-add", "tally.monitoring=true", node)
+        swarm = Swarm(engine, work / "stack", https_port, render_env)
+        # What an operator does once (docs/scaling.md): one Swarm secret per name the stack lists.
+        for name in swarm.render("tally:local")["secrets"]:
+            engine.run(str(ENGINE / "usr/bin/docker"), "secret", "create", name, "-", input=secrets.token_urlsafe(32))
+        swarm.deploy()
+        swarm.wait_app(2, "tally:local")
+        try:
+            wait_until(lambda: swarm.get()[0] == 200, timeout=120, interval=2, message="the page through Traefik")
+        except Exception:
+            print("page:", swarm.get())
+            for service in ("traefik", "socket-proxy", "migrate", "app"):
+                print(service, swarm.docker("service", "ps", "--no-trunc", f"{NAME}_{service}", check=False))
+                logs = engine.docker("service", "logs", "--tail", "15", f"{NAME}_{service}", check=False)
+                print(logs.stdout[-3000:], logs.stderr[-3000:])
+            raise
+        yield swarm
+    finally:
+        print(engine.docker("service", "ls", check=False).stdout)
+        engine.docker("stack", "rm", NAME, check=False)
+        clean(engine)
+
+
+def test_visits_count_through_traefik_and_prometheus_finds_every_task(swarm: Swarm) -> None:
+    before = swarm.stats()["total_visits"]
+    for _ in range(5):
+        status, body = swarm.get()
+        assert status == 200, body
+    assert swarm.stats()["total_visits"] == before + 5
+    wait_until(lambda: swarm.prometheus_targets("tally-app") == 2, timeout=90, interval=3, message="2 app targets")
+
+
+def app_image(swarm: Swarm) -> str:
+    image: str = swarm.service("app")["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    return image.split("@")[0]
+
+
+def update_state(swarm: Swarm) -> str:
+    state: str = (swarm.service("app").get("UpdateStatus") or {}).get("State", "")
+    return state
+
+
+def build(swarm: Swarm, tag: str, dockerfile: str) -> None:
+    swarm.engine.run(str(ENGINE / "usr/bin/docker"), "build", "--quiet", "--tag", tag, "-", input=dockerfile)
+
+
+def test_rolling_update_under_load_fails_nothing_and_loses_nothing(swarm: Swarm, tmp_path: Path) -> None:
+    # The built image with another build number, so /version tells which one serves.
+    new_image = "tally:e2e-next"
+    build(swarm, new_image, "FROM tally:local\nENV BUILD_NUMBER=7322\n")
+    before = swarm.stats()["total_visits"]
+    load = Load.start(f"https://localhost:{swarm.https_port}", tmp_path / "load", users=3, user_rps=2, insecure=True)
+    try:
+        # The operator's path: render with the new TALLY_IMAGE, deploy the stack again.
+        swarm.deploy(new_image)
+        wait_until(lambda: update_state(swarm) == "completed", timeout=DEPLOY_TIMEOUT, interval=2, message="update")
+        swarm.wait_app(2, new_image)
+        settle = len(load.snapshot()) + 20
+        wait_until(lambda: len(load.snapshot()) >= settle, timeout=60, message="load on the new tasks")
+    finally:
+        result = load.stop()
+    print("Locust:", load.log()[-2000:])
+    assert result.failed == 0, result.statuses()
+    assert result.visit_ok > 0
+    assert swarm.stats()["total_visits"] == before + result.visit_ok
+    status, body = swarm.get("/version")
+    assert status == 200 and "7322" in body, body
+
+
+def test_a_broken_image_is_rolled_back_automatically(swarm: Swarm) -> None:
+    good = app_image(swarm)
+    # Starts, never becomes healthy: exits at once.
+    build(swarm, "tally:e2e-broken", 'FROM tally:local\nENTRYPOINT []\nCMD ["python", "-c", "raise SystemExit(3)"]\n')
+    swarm.docker("service", "update", "--detach", "--no-resolve-image", "--image", "tally:e2e-broken", f"{NAME}_app")
+    wait_until(
+        lambda: update_state(swarm) == "rollback_completed", timeout=DEPLOY_TIMEOUT, interval=2, message="rollback"
+    )
+    assert app_image(swarm) == good
+    swarm.wait_app(2, good)
+    before = swarm.stats()["total_visits"]
+    assert swarm.get()[0] == 200
+    assert swarm.stats()["total_visits"] == before + 1
+
+
+def test_scale_out_and_back(swarm: Swarm) -> None:
+    image = app_image(swarm)
+    swarm.docker("service", "scale", "--detach", f"{NAME}_app=3")
+    swarm.wait_app(3, image)
+    wait_until(lambda: swarm.prometheus_targets("tally-app") == 3, timeout=90, interval=3, message="3 app targets")
+    before = swarm.stats()["total_visits"]
+    assert [swarm.get()[0] for _ in range(9)] == [200] * 9
+    assert swarm.stats()["total_visits"] == before + 9
+    swarm.docker("service", "scale", "--detach", f"{NAME}_app=2")
+    swarm.wait_app(2, image)
+
+
+def test_a_killed_task_is_replaced(swarm: Swarm) -> None:
+    image = app_image(swarm)
+    victims = swarm.healthy_containers("app")
+    assert len(victims) == 2
+    swarm.docker("kill", victims[0])
+
+    def replaced() -> bool:
+        healthy = swarm.healthy_containers("app")
+        return len(healthy) == 2 and victims[0] not in healthy
+
+    wait_until(replaced, timeout=DEPLOY_TIMEOUT, interval=2, message="a new task for the killed one")
+    swarm.wait_app(2, image)
+    assert swarm.get()[0] == 200
