@@ -86,6 +86,13 @@ def test_only_traefik_reaches_the_app_port(stack: Stack) -> None:
     # The control: the probe does connect where an edge client may go.
     assert answers.pop("traefik:443") == "connected"
     assert all(answer != "connected" for answer in answers.values()), answers
+    # From backend (the backup sidecar, like migrate and the exporter): PostgreSQL, but no replica.
+    replica_ports = [f"{ip_on(stack, replica, net)}:8000" for replica in replicas for net in ("app", "db-app")]
+    backend_targets = ["app:8000", *replica_ports]
+    out = stack.exec("backup", "python3", "-c", probe, *backend_targets, "postgres:5432").stdout
+    answers = json.loads(out)
+    assert answers.pop("postgres:5432") == "connected"
+    assert all(answer != "connected" for answer in answers.values()), answers
     # And from the monitoring network (Alertmanager, Grafana): neither the page nor the app's metrics.
     for service in ("alertmanager", "grafana"):
         assert wget(stack, service, "http://prometheus:9090/-/healthy"), f"{service}: control failed"

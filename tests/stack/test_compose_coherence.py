@@ -258,7 +258,9 @@ def test_network_isolation(model: dict[str, Any], services: dict[str, Any]) -> N
         assert networks[internal].get("internal") is True, internal
     members = {net: {n for n, s in services.items() if net in service_networks(s)} for net in networks}
     assert "postgres" not in members["edge"]
-    assert set(service_networks(services["postgres"])) == {"backend"}
+    assert set(service_networks(services["postgres"])) == {"backend", "db-app"}
+    # The app meets PostgreSQL on a network of its own: migrations, backups and the exporter cannot reach :8000.
+    assert members["db-app"] == {"app", "postgres"} and networks["db-app"].get("internal") is True
     assert members["socket"] == {"traefik", "socket-proxy", "cadvisor"}
     assert set(service_networks(services["socket-proxy"])) == {"socket"}
     assert members["edge"] == {"traefik", "blackbox"}
@@ -267,7 +269,7 @@ def test_network_isolation(model: dict[str, Any], services: dict[str, Any]) -> N
     # Only Traefik reaches the app's HTTP port, only Prometheus its metrics port.
     assert members["app"] == {"traefik", "app"}
     assert members["app-metrics"] == {"prometheus", "app"} and networks["app-metrics"].get("internal") is True
-    assert set(service_networks(services["app"])) == {"app", "backend", "app-metrics"}
+    assert set(service_networks(services["app"])) == {"app", "db-app", "app-metrics"}
     # The exporters' metrics ports are on `scrape`, Traefik's on its own network: no scrape target shares a
     # network with Grafana or Alertmanager, and Traefik (the one service visitors talk to) reaches no exporter.
     assert members["scrape"] == {"prometheus", "postgres-exporter", "node-exporter", "cadvisor", "blackbox"}
