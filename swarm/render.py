@@ -194,8 +194,10 @@ class Renderer:
             if any(key in env for key in ("DATABASE_URL", "DATA_SOURCE_URI", "PGHOST")):
                 svc.setdefault("secrets", []).append({"source": "db_ca", "target": "db_ca"})
                 self.secrets.add("db_ca")
-        # The clients reach the server outside the swarm.
-        self.model["networks"]["backend"].pop("internal", None)
+        # The clients (the jobs and the exporter on backend, the replicas on db-app) reach the server outside
+        # the swarm.
+        for network in ("backend", "db-app"):
+            self.model["networks"][network].pop("internal", None)
 
     def render(self) -> dict[str, Any]:
         services: dict[str, Any] = {}

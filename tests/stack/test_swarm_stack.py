@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from app.config import load_config
 from tests.e2e.engine import ENGINE
-from tests.stack.stackutil import REPO, compose_binary, render, require_tool
+from tests.stack.stackutil import REPO, compose_binary, render, require_tool, service_networks
 
 SWARM = REPO / "swarm"
 # What swarm/compose.swarm.yaml may set: how Swarm places and rolls services, and how Traefik's ports are
@@ -147,7 +148,16 @@ def test_a_managed_database_replaces_the_postgres_service(tmp_path: Path) -> Non
     assert services["backup"]["environment"]["PGSSLMODE"] == "verify-full"
     for name in ("app", "migrate", "backup", "postgres-exporter"):
         assert "db_ca" in {s["source"] for s in services[name]["secrets"]}, name
-    assert "internal" not in stack["networks"]["backend"]
+    # Every database client's network leads out of the swarm: the replicas' (db-app) as well as the jobs'.
+    for name in ("app", "migrate", "backup", "postgres-exporter"):
+        routed = [net for net in service_networks(services[name]) if "internal" not in stack["networks"][net]]
+        assert routed, f"{name} has no network with a route to the managed server"
+    # The app takes the rendered URL as it is: TLS verified against the CA secret.
+    config = load_config(
+        {"DATABASE_URL": app_url, "DATABASE_PASSWORD": "x" * 12, "SECRET_KEY": "k" * 40, "TALLY_ENV": "production"}
+    )
+    assert config.database_url.host == "db.example.com"
+    assert config.database_url.query == {"sslmode": "verify-full", "sslrootcert": "/run/secrets/db_ca"}
 
 
 def test_swarm_object_names_are_valid(stack: dict[str, Any]) -> None:
