@@ -164,6 +164,10 @@ class DryRunner:
         return ""
 
 
+# The corpus case (drills/badinput.py) whose body no proxy can read.
+UNREADABLE_BODY_CASE = "te-bad-chunk"
+
+
 @dataclass
 class ComposeDrills:
     base_url: str = "https://localhost"
@@ -352,8 +356,17 @@ class ComposeDrills:
             return result
         summary = badinput.summarise(badinput.send_all(host, port, cases, tls=tls, server_name="localhost"))
         added = int(self.run(self.commands.psql("SELECT count(*) FROM visitors")).strip() or 0) - before_visitors
-        result.figures.update(statuses=summary.statuses, visitors_added=added, visit_pages=summary.visit_pages)
-        result.check(not summary.server_errors, "5xx", f"5xx answers: {summary.server_errors[:5]}")
+        # Traefik answers a body it cannot read (a bad chunk size) with its own 500 before the app sees it
+        # (traefik/traefik#11087, docs/security.md "Known gaps"): reported, and no other 5xx is excused.
+        unreadable = [error for error in summary.server_errors if error == f"{UNREADABLE_BODY_CASE}:500"]
+        others = [error for error in summary.server_errors if error not in unreadable]
+        result.figures.update(
+            statuses=summary.statuses,
+            visitors_added=added,
+            visit_pages=summary.visit_pages,
+            traefik_500_unreadable_body=len(unreadable),
+        )
+        result.check(not others, "5xx", f"5xx answers: {others[:5]}")
         result.check(added <= 1, "forged-visitors", f"{added} visitors added from one client address")
         return result
 

@@ -1,6 +1,6 @@
 """The resilience drills (drills/compose.py) against the running stack, through the real Traefik (issue 14,
-item 7): a replica SIGKILLed under load, PostgreSQL stopped and started under load; and the one bad input
-whose answer Traefik, not the app, decides (a malformed chunked body).
+item 7): a replica SIGKILLed under load, PostgreSQL stopped and started under load, the bad-input corpus;
+and the one bad input whose answer Traefik, not the app, decides (a malformed chunked body).
 
 Judged: counts and statuses (no acknowledged visit lost, <= 0.1 % failed around a replica loss, only 200/503
 around a database restart, then recovery). Timings (the slowest response, how long a replica took to come
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,17 @@ def test_drill_database_restart_under_load(stack: Stack, tmp_path: Path) -> None
     result = drills(stack, tmp_path).db_restart()
     report(result)
     assert result.passed, result.violations
+
+
+def test_drill_bad_input_through_traefik(stack: Stack, tmp_path: Path) -> None:
+    """Malformed requests of every kind (drills/badinput.py) through the real Traefik: no 5xx but Traefik's own
+    for an unreadable body, and at most the one visitor the client itself is."""
+    result = replace(drills(stack, tmp_path), bad_requests=400).bad_input()
+    report(result)
+    figures = result.figures
+    assert sum(figures["statuses"].values()) == 400, figures
+    assert result.passed, result.violations
+    assert figures["visitors_added"] <= 1, figures
 
 
 def test_malformed_chunked_visit_counts_nothing_and_the_app_answers_no_5xx(stack: Stack) -> None:
