@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +26,6 @@ CODE_BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 MAKE_TARGET = re.compile(r"(?:^|[\s;&|(])make\s+([a-z][a-z0-9-]*)")
 SCRIPT = re.compile(r"(?:\./)?((?:scripts|drills|bench|loadtest|backup/bin|tests/e2e)/[\w./-]+\.(?:sh|py))")
 DIAGRAMS = REPO_ROOT / "docs" / "diagrams"
-MMDC = REPO_ROOT / ".tools" / "node" / "node_modules" / ".bin" / "mmdc"
 
 
 def _id(path: Path) -> str:
@@ -90,28 +88,8 @@ def test_every_diagram_has_a_rendered_copy() -> None:
         kept = DIAGRAMS / f"{name}.mmd"
         assert kept.exists() and (DIAGRAMS / f"{name}.svg").exists(), f"run scripts/render-diagrams.sh ({name})"
         assert kept.read_text() == source, f"{name}.svg is stale: run scripts/render-diagrams.sh"
-
-
-@pytest.mark.slow
-def test_every_diagram_parses(tmp_path: Path) -> None:
-    assert MMDC.exists(), "mermaid-cli missing: make deps"
-    config = REPO_ROOT / "scripts" / "puppeteer.json"
-    for name, source in mermaid_blocks():
-        source_file = tmp_path / f"{name}.mmd"
-        source_file.write_text(source)
-        result = subprocess.run(
-            [str(MMDC), "--quiet", "-p", str(config), "-i", str(source_file), "-o", str(tmp_path / f"{name}.svg")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            # node may be the Makefile's own (.tools/node-bin) when the system's is too old.
-            env={
-                "PATH": f"{Path(shutil.which('node') or '/usr/bin/node').parent}:/usr/bin:/bin",
-                "HOME": str(tmp_path),
-            },
-        )
-        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
-        assert "Syntax error" not in (tmp_path / f"{name}.svg").read_text(), name
+        # mermaid-cli renders what it cannot parse as an error picture; the script stops on its exit status too.
+        assert "Syntax error" not in (DIAGRAMS / f"{name}.svg").read_text(), f"{name}: Mermaid cannot parse it"
 
 
 # --- the README, run as a new user would ------------------------------------------------------------------

@@ -3,7 +3,8 @@ under the production gunicorn config, haproxy mirroring Traefik, Prometheus + Al
 
 Each drill runs once per module (they take 15-50 s each); the tests judge its figures. Violations
 are keyed (drills/scenarios.py), so a known defect can be tracked without hiding the others. Replica loss
-and the database restart run through the real Traefik instead (tests/e2e/test_4_drills.py).
+and the database restart run through the real Traefik instead (tests/e2e/test_4_drills.py), the rolling
+restart as the e2e rolling deploy (tests/e2e/test_2_operations.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from drills.scenarios import (
     SHORT,
     bad_input,
     conn_exhaustion,
-    graceful_restart,
 )
 
 pytestmark = pytest.mark.slow
@@ -33,12 +33,6 @@ def run(drill: Callable[[Path, object], DrillResult], factory: pytest.TempPathFa
 @pytest.fixture(scope="module")
 def bad_input_result(tmp_path_factory: pytest.TempPathFactory) -> DrillResult:
     return run(bad_input, tmp_path_factory, "bad-input")  # type: ignore[arg-type]
-
-
-def test_graceful_restart_fails_no_request(tmp_path_factory: pytest.TempPathFactory) -> None:
-    result = run(graceful_restart, tmp_path_factory, "graceful-restart")  # type: ignore[arg-type]
-    assert result.passed, result.text()
-    assert result.figures["failed"] == 0 and result.figures["visits_ok"] > 300
 
 
 def test_connection_exhaustion_degrades_to_503_without_a_crash_loop(tmp_path_factory: pytest.TempPathFactory) -> None:
