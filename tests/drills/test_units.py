@@ -232,3 +232,9 @@ def test_cli_dry_run_refuses_a_results_file(tmp_path: Path) -> None:
         main(["--dry-run", "--json", str(tmp_path / "results.json")])
     assert exit_info.value.code == 2
     assert not (tmp_path / "results.json").exists()
+
+
+def test_compose_bad_input_excuses_only_the_answers_http_prescribes() -> None:
+    assert compose.is_protocol_answer("te-unknown:501") and compose.is_protocol_answer("version-HTTP/9.9:505")
+    assert not compose.is_protocol_answer("te-unknown:500") and not compose.is_protocol_answer("version-HTTP/2.0:502")
+    assert not compose.is_protocol_answer("header-huge:505") and not compose.is_protocol_answer("te-bad-chunk:500")
