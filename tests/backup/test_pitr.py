@@ -112,9 +112,21 @@ class Cluster:
         wait_until(lambda: self.metric("tally_backup_base_last_run_success") == 1, timeout=120, message="base backup")
 
     def stop_scheduler(self) -> None:
+        """The scheduler and everything it started (a base backup in progress, pg_receivewal): nothing may still
+        write to the backup directory once this returns."""
         assert self.scheduler is not None
-        self.scheduler.send_signal(signal.SIGTERM)
+        group = self.scheduler.pid
+        os.killpg(group, signal.SIGTERM)
         self.scheduler.wait(timeout=30)
+
+        def group_gone() -> bool:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_until(group_gone, timeout=60, message="the scheduler's children to exit")
         self.scheduler = None
 
     def metric(self, name: str) -> float | None:
