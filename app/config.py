@@ -38,6 +38,196 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One environment variable the app reads, declared once.
+
+    The loader takes defaults and bounds from here (reading an undeclared name is a ``KeyError``); the
+    README's configuration table is rendered from these (tests/docs) and compose's defaults and
+    ``.env.example`` are checked against them (tests/stack).
+    """
+
+    name: str
+    type: type[str | int | float]
+    # As an operator would write it in the environment, parsed by the same code as a value that is set;
+    # None: unset, and the loader decides (documented by ``shown_default``).
+    default: str | None
+    doc: str  # the README table's "Meaning"
+    bounds: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    secret: bool = False  # also read from the file named by NAME_FILE (Docker secrets)
+    shown_default: str | None = None  # the README table's "Default" where the plain default says too little
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return (self.name, f"{self.name}_FILE") if self.secret else (self.name,)
+
+    @property
+    def readme_default(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        return "—" if self.default is None else f"`{self.default}`"
+
+
+# In the README table's order.
+SETTINGS = (
+    Setting(
+        "DATABASE_URL",
+        str,
+        None,
+        "SQLAlchemy URL; `postgres://` accepted. Required when `TALLY_ENV=production`.",
+        secret=True,
+        shown_default="SQLite file (development only)",
+    ),
+    Setting(
+        "DATABASE_PASSWORD",
+        str,
+        None,
+        "Password put into `DATABASE_URL` when the URL has none (compose: from the secret file).",
+        secret=True,
+    ),
+    Setting(
+        "SECRET_KEY",
+        str,
+        None,
+        "Key of the visitor HMAC, at least 32 characters. Changing it makes every visitor new.",
+        secret=True,
+        shown_default="— (required in production)",
+    ),
+    Setting(
+        "TALLY_ENV",
+        str,
+        "production",
+        "`production` or `development` (development allows SQLite and a built-in key).",
+        choices=ENVIRONMENTS,
+    ),
+    Setting("USER_NAME", str, "n/a", 'Shown as "Deployed by …" in the footer.'),
+    Setting("USER_URL", str, "#", "Link of that name; must be `http(s)://…` or `#`."),
+    Setting(
+        "TRUSTED_PROXY_HOPS",
+        int,
+        "0",
+        "Proxies in front of the app whose `X-Forwarded-For` is trusted (compose: `1`, Traefik).",
+        bounds=(0, 5),
+    ),
+    Setting(
+        "TRUSTED_PROXY_CIDRS",
+        str,
+        None,
+        "Comma-separated networks the proxy connects from; a request from any other peer has its"
+        " `X-Forwarded-*` headers dropped (compose: the `app` network's subnet, `APP_NETWORK_SUBNET`,"
+        " default `172.16.240.0/24`).",
+        shown_default="— (every peer)",
+    ),
+    Setting(
+        "LOG_LEVEL",
+        str,
+        "INFO",
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`. Logs are JSON lines on stdout.",
+        choices=LOG_LEVELS,
+    ),
+    Setting("SENTRY_DSN", str, None, "Sends unhandled errors to Sentry; nothing is sent without it.", secret=True),
+    Setting("SENTRY_ENVIRONMENT", str, None, "Sentry environment tag.", shown_default="value of `TALLY_ENV`"),
+    Setting("SENTRY_TRACES_SAMPLE_RATE", float, "0", "Fraction of requests traced, 0–1.", bounds=(0.0, 1.0)),
+    Setting("DB_POOL_SIZE", int, "4", "Connections kept per gunicorn worker.", bounds=(1, 100)),
+    Setting("DB_MAX_OVERFLOW", int, "2", "Extra connections per worker under bursts.", bounds=(0, 100)),
+    Setting(
+        "DB_POOL_TIMEOUT",
+        float,
+        "3",
+        "Seconds to wait for a pooled connection before answering 503.",
+        bounds=(0.1, 60.0),
+    ),
+    Setting("DB_CONNECT_TIMEOUT", int, "2", "Seconds to wait for PostgreSQL to accept a connection.", bounds=(1, 60)),
+    Setting("DB_STATEMENT_TIMEOUT_MS", int, "5000", "Statement and lock timeout in PostgreSQL.", bounds=(100, 600_000)),
+    Setting(
+        "DB_APP_PASSWORD",
+        str,
+        None,
+        "Migration job only (compose: from the secret file `db_app_password`): with all three role passwords"
+        " set, `flask db upgrade` creates or updates the roles `tally_app`, `tally_backup`, `tally_exporter`"
+        " with them, migrates as the schema owner `tally_owner` and grants the app its tables"
+        ' ([docs/security.md](docs/security.md), "Database roles").',
+        secret=True,
+    ),
+    Setting(
+        "DB_BACKUP_PASSWORD",
+        str,
+        None,
+        "Migration job only (secret file `db_backup_password`): password of `tally_backup`, the backup sidecar's role.",
+        secret=True,
+    ),
+    Setting(
+        "DB_EXPORTER_PASSWORD",
+        str,
+        None,
+        "Migration job only (secret file `db_exporter_password`): password of `tally_exporter`, the"
+        " postgres-exporter's role.",
+        secret=True,
+    ),
+    Setting(
+        "MIGRATION_LOCK_TIMEOUT_MS",
+        int,
+        "2000",
+        "Migration job: how long a schema change waits for a table lock before it rolls back and retries.",
+        bounds=(10, 600_000),
+    ),
+    Setting(
+        "MIGRATION_LOCK_ATTEMPTS",
+        int,
+        "10",
+        "Migration job: tries before it gives up (exit 1, nothing changed).",
+        bounds=(1, 1000),
+    ),
+    Setting(
+        "BUILD_NUMBER",
+        str,
+        None,
+        "Build number baked into the image; the version reads `<version.txt>+build.N`, e.g. `1.3.0+build.57`.",
+    ),
+    Setting("GIT_COMMIT", str, None, "Commit baked into the image, shown by `/version`."),
+    Setting(
+        "BIND_ADDRESS",
+        str,
+        "127.0.0.1",
+        "IP address gunicorn and the metrics port listen on: loopback unless asked, so `make run` is not on"
+        " the network; the image listens on every interface of its container, where Docker's networks decide"
+        " who reaches it.",
+        shown_default="`127.0.0.1` (image: `0.0.0.0`)",
+    ),
+    Setting("PORT", int, "8000", "HTTP port of gunicorn.", bounds=(1, 65535)),
+    Setting("METRICS_PORT", int, "9200", "Prometheus metrics port (never routed by Traefik).", bounds=(1, 65535)),
+    Setting("WEB_CONCURRENCY", int, "2", "gunicorn worker processes per replica.", bounds=(1, 64)),
+    Setting("GUNICORN_THREADS", int, "4", "Threads per worker.", bounds=(1, 64)),
+    Setting(
+        "GUNICORN_TIMEOUT",
+        int,
+        "30",
+        "Seconds before a worker with a stuck request (or a stuck main loop) is replaced by a fresh one"
+        " (`app/watchdog.py`).",
+        bounds=(1, 600),
+    ),
+    Setting(
+        "GUNICORN_GRACEFUL_TIMEOUT",
+        int,
+        "20",
+        "Seconds to finish in-flight requests on SIGTERM (below compose's 30 s grace).",
+        bounds=(1, 600),
+    ),
+    Setting("PROMETHEUS_MULTIPROC_DIR", str, None, "Where workers share metrics; set in the image to a tmpfs path."),
+    Setting(
+        "DRAIN_MARKER",
+        str,
+        None,
+        "While this file exists `/readyz` answers 503 `draining` and everything else is served:"
+        " `scripts/deploy.sh` creates it (`python -m app.drain`) so Traefik takes a replica out of rotation"
+        " before it is stopped.",
+        shown_default="— (image: `/tmp/tally-draining`)",
+    ),
+)
+SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
 class Config:
     environment: str
     database_url: URL
@@ -88,21 +278,31 @@ class Config:
 
 
 class _Environment:
-    """Typed accessors over the process environment (or a mapping in tests)."""
+    """Typed accessors over the process environment (or a mapping in tests), by declared setting."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
 
-    def text(self, name: str, default: str | None = None) -> str | None:
+    def _raw(self, name: str) -> str | None:
         value = self._environ.get(name)
-        if value is None or value.strip() == "":
-            return default
-        return value.strip()
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def text(self, name: str) -> str | None:
+        """The value, else the declared default (None when there is none)."""
+        raw = self._raw(name)
+        return SETTINGS_BY_NAME[name].default if raw is None else raw
+
+    def required(self, name: str) -> str:
+        """The value, else the declared default: for settings that have one."""
+        value = self.text(name)
+        assert value is not None, f"{name} is declared without a default"
+        return value
 
     def secret(self, name: str) -> str | None:
         """A secret from NAME or from the file named by NAME_FILE (Docker secrets)."""
+        assert SETTINGS_BY_NAME[name].secret, f"{name} is not declared secret"
         direct = self.text(name)
-        file_name = self.text(f"{name}_FILE")
+        file_name = self._raw(f"{name}_FILE")
         if direct is not None and file_name is not None:
             raise ConfigError(name, f"set either {name} or {name}_FILE, not both")
         if file_name is None:
@@ -115,34 +315,31 @@ class _Environment:
             raise ConfigError(f"{name}_FILE", f"{file_name} is empty")
         return content
 
-    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        raw = self.text(name)
-        if raw is None:
-            return default
+    def _bounded(self, name: str, expected: str) -> float:
+        setting = SETTINGS_BY_NAME[name]
+        assert setting.bounds is not None, f"{name} is declared without bounds"
+        raw = self.required(name)
         try:
-            value = int(raw)
+            value = int(raw) if setting.type is int else float(raw)
         except ValueError:
-            raise ConfigError(name, f"expected a whole number, got {raw!r}") from None
+            raise ConfigError(name, f"expected {expected}, got {raw!r}") from None
+        minimum, maximum = setting.bounds
         if not minimum <= value <= maximum:
             raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
         return value
 
-    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
-        raw = self.text(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(name, f"expected a number, got {raw!r}") from None
-        if not minimum <= value <= maximum:
-            raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
-        return value
+    def integer(self, name: str) -> int:
+        assert SETTINGS_BY_NAME[name].type is int, f"{name} is not declared int"
+        return int(self._bounded(name, "a whole number"))
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
-        raw = self.text(name, default)
-        assert raw is not None
+    def number(self, name: str) -> float:
+        assert SETTINGS_BY_NAME[name].type is float, f"{name} is not declared float"
+        return self._bounded(name, "a number")
+
+    def choice(self, name: str, *, upper: bool = False) -> str:
+        raw = self.required(name)
         value = raw.upper() if upper else raw.lower()
+        choices = SETTINGS_BY_NAME[name].choices
         if value not in choices:
             raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
         return value
@@ -200,8 +397,7 @@ def _secret_key(env: _Environment, environment: str) -> bytes:
 
 
 def _user_url(env: _Environment) -> str:
-    url = env.text("USER_URL", "#")
-    assert url is not None
+    url = env.required("USER_URL")
     # The value lands in an href: anything but http(s) could run script in the visitor's browser.
     if url != "#" and urlsplit(url).scheme not in ("http", "https"):
         raise ConfigError("USER_URL", f"must be an http(s) URL or '#', got {url!r}")
@@ -211,8 +407,7 @@ def _user_url(env: _Environment) -> str:
 def _bind_address(env: _Environment) -> str:
     # Loopback unless asked: a development server is not for the network. The image sets 0.0.0.0, where
     # the container's own network namespace and Docker's port publishing decide who can reach it.
-    raw = env.text("BIND_ADDRESS", "127.0.0.1")
-    assert raw is not None
+    raw = env.required("BIND_ADDRESS")
     try:
         return str(ipaddress.ip_address(raw))
     except ValueError:
@@ -263,10 +458,9 @@ _HEX = "0123456789abcdefABCDEF"
 
 def load_config(environ: Mapping[str, str] | None = None) -> Config:
     env = _Environment(os.environ if environ is None else environ)
-    environment = env.choice("TALLY_ENV", "production", ENVIRONMENTS)
+    environment = env.choice("TALLY_ENV")
     database_url, database_is_default = _database_url(env, environment)
-    user_name = env.text("USER_NAME", "n/a")
-    assert user_name is not None
+    user_name = env.required("USER_NAME")
     if len(user_name) > 100:
         raise ConfigError("USER_NAME", "must be at most 100 characters")
     return Config(
@@ -276,31 +470,31 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         secret_key=_secret_key(env, environment),
         user_name=user_name,
         user_url=_user_url(env),
-        trusted_proxy_hops=env.integer("TRUSTED_PROXY_HOPS", 0, 0, 5),
+        trusted_proxy_hops=env.integer("TRUSTED_PROXY_HOPS"),
         trusted_proxy_networks=_networks("TRUSTED_PROXY_CIDRS", env.text("TRUSTED_PROXY_CIDRS")),
-        log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        log_level=env.choice("LOG_LEVEL", upper=True),
         sentry_dsn=env.secret("SENTRY_DSN"),
-        sentry_environment=env.text("SENTRY_ENVIRONMENT", environment) or environment,
-        sentry_traces_sample_rate=env.number("SENTRY_TRACES_SAMPLE_RATE", 0.0, 0.0, 1.0),
-        db_pool_size=env.integer("DB_POOL_SIZE", 4, 1, 100),
-        db_max_overflow=env.integer("DB_MAX_OVERFLOW", 2, 0, 100),
-        db_pool_timeout=env.number("DB_POOL_TIMEOUT", 3.0, 0.1, 60.0),
-        db_connect_timeout=env.integer("DB_CONNECT_TIMEOUT", 2, 1, 60),
-        db_statement_timeout_ms=env.integer("DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
+        sentry_environment=env.text("SENTRY_ENVIRONMENT") or environment,
+        sentry_traces_sample_rate=env.number("SENTRY_TRACES_SAMPLE_RATE"),
+        db_pool_size=env.integer("DB_POOL_SIZE"),
+        db_max_overflow=env.integer("DB_MAX_OVERFLOW"),
+        db_pool_timeout=env.number("DB_POOL_TIMEOUT"),
+        db_connect_timeout=env.integer("DB_CONNECT_TIMEOUT"),
+        db_statement_timeout_ms=env.integer("DB_STATEMENT_TIMEOUT_MS"),
         build_number=_optional_token(env, "BUILD_NUMBER", _DIGITS),
         git_commit=_optional_token(env, "GIT_COMMIT", _HEX),
         bind_address=_bind_address(env),
-        port=env.integer("PORT", 8000, 1, 65535),
-        metrics_port=env.integer("METRICS_PORT", 9200, 1, 65535),
-        web_concurrency=env.integer("WEB_CONCURRENCY", 2, 1, 64),
-        gunicorn_threads=env.integer("GUNICORN_THREADS", 4, 1, 64),
-        gunicorn_timeout=env.integer("GUNICORN_TIMEOUT", 30, 1, 600),
-        gunicorn_graceful_timeout=env.integer("GUNICORN_GRACEFUL_TIMEOUT", 20, 1, 600),
+        port=env.integer("PORT"),
+        metrics_port=env.integer("METRICS_PORT"),
+        web_concurrency=env.integer("WEB_CONCURRENCY"),
+        gunicorn_threads=env.integer("GUNICORN_THREADS"),
+        gunicorn_timeout=env.integer("GUNICORN_TIMEOUT"),
+        gunicorn_graceful_timeout=env.integer("GUNICORN_GRACEFUL_TIMEOUT"),
         prometheus_multiproc_dir=env.text("PROMETHEUS_MULTIPROC_DIR"),
         drain_marker=_optional_path(env.text("DRAIN_MARKER")),
         db_role_passwords=_role_passwords(env, database_url),
-        migration_lock_timeout_ms=env.integer("MIGRATION_LOCK_TIMEOUT_MS", 2000, 10, 600_000),
-        migration_lock_attempts=env.integer("MIGRATION_LOCK_ATTEMPTS", 10, 1, 1000),
+        migration_lock_timeout_ms=env.integer("MIGRATION_LOCK_TIMEOUT_MS"),
+        migration_lock_attempts=env.integer("MIGRATION_LOCK_ATTEMPTS"),
     )
 
 

@@ -4,10 +4,11 @@ import ipaddress
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from app.config import DEV_SECRET_KEY, ConfigError, load_config, load_config_or_exit
+from app.config import DEV_SECRET_KEY, SETTINGS, ConfigError, load_config, load_config_or_exit
 from tests.support.gunicorn import GUNICORN, REPO_ROOT, TEST_SECRET_KEY, base_env, run_gunicorn
 
 PG = "postgresql://tally@db.internal:5432/tally"
@@ -22,6 +23,39 @@ def test_production_defaults() -> None:
     assert config.trusted_proxy_hops == 0
     assert config.sentry_dsn is None
     assert config.is_postgres
+
+
+class _RecordingEnviron(dict[str, str]):
+    """An environment that remembers every name looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_the_loader_reads_exactly_the_declared_settings() -> None:
+    """SETTINGS is what the README table, .env.example and compose are checked against (tests/docs,
+    tests/stack), so a variable read but not declared, or declared but never read, would slip past them.
+    PostgreSQL, so that the branch reading DATABASE_PASSWORD runs too; development, so that the missing
+    secrets are not an error."""
+    environ = _RecordingEnviron({"TALLY_ENV": "development", "DATABASE_URL": "postgresql://tally@db:5432/tally"})
+    load_config(environ)
+    assert environ.read == {variable for setting in SETTINGS for variable in setting.variables}
+
+
+def test_settings_declare_what_their_type_needs() -> None:
+    for setting in SETTINGS:
+        assert (setting.bounds is not None) == (setting.type is not str), setting.name
+        if setting.shown_default is not None and setting.default is not None:
+            assert f"`{setting.default}`" in setting.shown_default, setting.name
 
 
 @pytest.mark.parametrize(

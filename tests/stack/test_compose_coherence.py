@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.config_reads import app_env_vars
+from app.config import SETTINGS, SETTINGS_BY_NAME
 
 from .stackutil import (
     COMPOSE_FILES,
@@ -426,18 +426,40 @@ def test_no_secret_literal_in_stack_files() -> None:
 # --- configuration coverage ---------------------------------------------------------------------------------
 
 
+# Every variable the app reads: its declared settings, and the NAME_FILE form of the secret ones.
+APP_VARIABLES = {variable for setting in SETTINGS for variable in setting.variables}
+
+
 def test_app_reads_the_variables_compose_and_the_docs_are_checked_against() -> None:
-    # The coverage tests below are only as good as this set: it comes from the app, so a variable the
-    # app starts reading is checked against compose and .env.example without anyone listing it here.
-    names = app_env_vars()
+    # The coverage tests below are only as good as this set: it comes from the app's declaration (which
+    # tests/app checks load_config reads), so a new setting is checked against compose and .env.example
+    # without anyone listing it here.
+    names = APP_VARIABLES
     assert {"DATABASE_URL", "DATABASE_URL_FILE", "SECRET_KEY_FILE", "TRUSTED_PROXY_HOPS"} <= names
     assert {"GUNICORN_GRACEFUL_TIMEOUT", "DATABASE_PASSWORD", "BUILD_NUMBER", "PORT"} <= names
 
 
 def test_every_app_variable_is_documented_in_env_example() -> None:
     example = (REPO / ".env.example").read_text()
-    missing = sorted(n for n in app_env_vars() if not re.search(rf"\b{n}\b", example))
+    missing = sorted(n for n in APP_VARIABLES if not re.search(rf"\b{n}\b", example))
     assert not missing, f".env.example does not mention {missing}"
+
+
+def test_compose_and_env_example_defaults_are_the_apps() -> None:
+    """Where compose passes a setting through from .env, its fallback and .env.example's line are the
+    app's declared default (unset and empty mean the same to the app)."""
+    example = (REPO / ".env.example").read_text()
+    passed = {}
+    for path in [*COMPOSE_FILES, DEV_COMPOSE]:
+        for name, fallback in re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", path.read_text()):
+            if name in SETTINGS_BY_NAME:
+                passed[name] = fallback
+    assert {"LOG_LEVEL", "DB_POOL_SIZE", "GUNICORN_GRACEFUL_TIMEOUT", "SENTRY_DSN"} <= set(passed)
+    for name, fallback in sorted(passed.items()):
+        default = SETTINGS_BY_NAME[name].default
+        assert fallback == (default or ""), f"compose falls back to {name}={fallback!r}, the app to {default!r}"
+        if default is not None:
+            assert re.search(rf"^# {name}={re.escape(default)}$", example, re.M), f".env.example: # {name}={default}"
 
 
 # Read by the app but deliberately not passed through from .env: the direct secret forms (compose uses
@@ -470,7 +492,7 @@ MIGRATE_ONLY = {
 
 def test_every_app_variable_reaches_the_app(services: dict[str, Any]) -> None:
     env = set(services["app"]["environment"])
-    missing = sorted(app_env_vars() - NOT_PASSED_THROUGH - MIGRATE_ONLY - env)
+    missing = sorted(APP_VARIABLES - NOT_PASSED_THROUGH - MIGRATE_ONLY - env)
     assert not missing, f"compose never passes {missing} to the app"
     assert set(services["migrate"]["environment"]) >= MIGRATE_ONLY
 
