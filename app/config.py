@@ -42,8 +42,8 @@ class Setting:
     """One environment variable the app reads, declared once.
 
     The loader takes defaults and bounds from here (reading an undeclared name is a ``KeyError``); the
-    README's configuration table is rendered from these (tests/docs) and compose's defaults and
-    ``.env.example`` are checked against them (tests/stack).
+    README's configuration table must equal the rows rendered from these (tests/docs), and compose's
+    fallbacks and ``.env.example`` are checked against them (tests/stack).
     """
 
     name: str

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench.sh — measure dump, verify and restore time for N visitors (default 1,000,000) with the real
 # commands. Needs a PostgreSQL 15 reachable through the usual PG* variables (a superuser: it creates
-# and drops the database tally_bench). Not part of the test suite; numbers go to docs/backup-restore.md.
+# and drops the database tally_bench) and the repository's .venv (make venv). Not part of the test suite;
+# numbers go to docs/backup-restore.md.
 #   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres backup/bench.sh [visitors]
 set -Eeuo pipefail
 N=${1:-1000000}
@@ -12,21 +13,13 @@ export BACKUP_DIR
 trap 'rm -rf "$BACKUP_DIR"; psql -X -q -d postgres -c "DROP DATABASE IF EXISTS tally_bench WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS tally_bench WITH (FORCE)" -c "CREATE DATABASE tally_bench"
+# The schema from the app's migrations and the visitors from its seeder (app/seed.py), as the tests do.
+export TALLY_ENV=development DATABASE_URL="postgresql://${PGUSER:-postgres}@${PGHOST:-127.0.0.1}:${PGPORT:-5432}/tally_bench"
+REPO=$(dirname "$HERE")
+(cd "$REPO" && .venv/bin/flask --app app db upgrade >/dev/null)
 start=$EPOCHREALTIME
-psql -X -q -v ON_ERROR_STOP=1 -d tally_bench <<SQL
-CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
-INSERT INTO alembic_version VALUES ('bench');
-CREATE TABLE visitors (visitor_key bytea PRIMARY KEY, visits bigint NOT NULL, first_seen timestamptz NOT NULL,
-  last_seen timestamptz NOT NULL, last_day date NOT NULL, prev_day date);
-CREATE TABLE total_shards (shard smallint PRIMARY KEY, visits bigint NOT NULL DEFAULT 0, visitors bigint NOT NULL DEFAULT 0);
-CREATE TABLE daily_shards (day date, shard smallint, visits bigint NOT NULL DEFAULT 0,
-  unique_visitors bigint NOT NULL DEFAULT 0, new_visitors bigint NOT NULL DEFAULT 0, PRIMARY KEY (day, shard));
-INSERT INTO visitors SELECT sha256(('v' || i)::bytea), 1 + i % 13, now() - interval '30 days', now(),
-  current_date - i % 30, current_date - 1 - i % 30 FROM generate_series(1, $N) AS i;
-INSERT INTO total_shards SELECT get_byte(visitor_key, 0) % 16, sum(visits), count(*) FROM visitors GROUP BY 1;
-INSERT INTO daily_shards SELECT last_day, get_byte(visitor_key, 0) % 16, sum(visits), count(*), 0 FROM visitors GROUP BY 1, 2;
-VACUUM ANALYZE;
-SQL
+(cd "$REPO" && .venv/bin/python -m app.seed "$N")
+psql -X -q -d tally_bench -c "VACUUM ANALYZE"
 seed=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')
 size=$(psql -X -At -d postgres -c "SELECT pg_size_pretty(pg_database_size('tally_bench'))")
 

@@ -63,6 +63,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from app.counting import postgres_visit_sql  # noqa: E402 - the exact statement the app runs
 from app.models import COUNTER_SHARDS  # noqa: E402
+from app.seed import seed_visitors  # noqa: E402
 from bench import openloop  # noqa: E402
 from tests.support.gunicorn import base_env, migrate, run_gunicorn  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
@@ -253,46 +254,20 @@ class Observer:
 
 
 def seed(pg: PostgresServer, database: str, current: int, target: int) -> float:
-    """Add visitors ``current+1 .. target`` with bulk SQL; keeps total_shards consistent. Returns seconds."""
+    """Add visitors ``current+1 .. target`` with the app's seeder, then settle the table. Returns seconds."""
     if target <= current:
         return 0.0
     started = time.monotonic()
+    seed_visitors(pg.url(database), target - current, offset=current)
     connection = psycopg2.connect(pg.dsn(database))
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SET maintenance_work_mem = '1GB'")
-            cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'visitors'::regclass AND contype = 'p'")
-            (pkey,) = cursor.fetchone()  # type: ignore[misc]
-            # Appending millions of random keys to a B-tree one by one is slow; a sorted rebuild is not.
-            cursor.execute(f'ALTER TABLE visitors DROP CONSTRAINT "{pkey}"')
-            cursor.execute(
-                "INSERT INTO visitors (visitor_key, visits, first_seen, last_seen, last_day, prev_day)"
-                " SELECT sha256(convert_to('seed-' || i, 'UTF8')), 1 + i %% 7, now() - interval '30 days',"
-                " now() - interval '1 day', current_date - 1, current_date - 2"
-                " FROM generate_series(%s::bigint, %s::bigint) AS i",
-                (current + 1, target),
-            )
-            cursor.execute(f'ALTER TABLE visitors ADD CONSTRAINT "{pkey}" PRIMARY KEY (visitor_key)')
-            cursor.execute(
-                "SELECT count(*), coalesce(sum(1 + i %% 7), 0) FROM generate_series(%s::bigint, %s::bigint) AS i",
-                (current + 1, target),
-            )
-            visitors, visits = cursor.fetchone()  # type: ignore[misc]
-            for shard in range(COUNTER_SHARDS):
-                cursor.execute(
-                    "UPDATE total_shards SET visitors = visitors + %s, visits = visits + %s WHERE shard = %s",
-                    (_share(visitors, shard), _share(visits, shard), shard),
-                )
             cursor.execute("VACUUM (ANALYZE) visitors")
             cursor.execute("CHECKPOINT")
     finally:
         connection.close()
     return round(time.monotonic() - started, 1)
-
-
-def _share(total: int, shard: int) -> int:
-    return int(total) // COUNTER_SHARDS + (1 if shard < int(total) % COUNTER_SHARDS else 0)
 
 
 def check_invariants(pg: PostgresServer, database: str) -> dict[str, Any]:

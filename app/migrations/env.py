@@ -80,8 +80,10 @@ def _with_lock_retries(connection: Connection, config: Config, step: str, work: 
             time.sleep(delay)
 
 
-def _migrate(connection: Connection) -> None:
+def _migrate(connection: Connection, config: Config) -> None:
     _forget_foreign_revision(connection)
+    # What a revision needs of the app's configuration is handed to it here, never imported by it.
+    context.config.attributes["secret_key"] = config.secret_key
     context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
     # The connection is already in this step's transaction: Alembic joins it, _with_lock_retries commits.
     with context.begin_transaction():
@@ -112,7 +114,7 @@ def run_migrations_online() -> None:
                 )
                 connection.execute(text(f"SET ROLE {roles.OWNER}"))
                 connection.commit()
-            _with_lock_retries(connection, config, "schema", lambda: _migrate(connection))
+            _with_lock_retries(connection, config, "schema", lambda: _migrate(connection, config))
             if provision:
                 _with_lock_retries(
                     connection, config, "grants", lambda: roles.grant_app(connection, Base.metadata.tables)

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from app.seed import seed_visitors
 from tests.support.gunicorn import migrate
 from tests.support.postgres import SUPERUSER, PostgresServer
 
@@ -78,26 +79,7 @@ class Sidecar:
             connection.close()
 
     def seed(self, visitors: int, offset: int = 0) -> None:
-        """Adds visitors with varied counts and keeps the sharded totals consistent, as the app does.
-        (``%%`` is SQL's modulo, escaped for the query parameters.)"""
-        self.sql(
-            """
-            INSERT INTO visitors (visitor_key, visits, first_seen, last_seen, last_day, prev_day)
-            SELECT sha256(('v' || i)::bytea), 1 + (i * 7919) %% 13,
-                   timestamptz '2026-01-01 00:00+00' + i * interval '1 minute',
-                   timestamptz '2026-02-01 00:00+00' + i * interval '1 minute',
-                   date '2026-02-01' + i %% 20, CASE WHEN i %% 3 = 0 THEN NULL ELSE date '2026-01-15' END
-            FROM generate_series(%s, %s) AS i;
-            DELETE FROM total_shards;
-            INSERT INTO total_shards (shard, visits, visitors)
-            SELECT get_byte(visitor_key, 0) %% 16, sum(visits), count(*) FROM visitors GROUP BY 1;
-            DELETE FROM daily_shards;
-            INSERT INTO daily_shards (day, shard, visits, unique_visitors, new_visitors)
-            SELECT last_day, get_byte(visitor_key, 0) %% 16, sum(visits), count(*), count(*)
-            FROM visitors GROUP BY 1, 2;
-            """,
-            params=(offset + 1, offset + visitors),
-        )
+        seed_visitors(self.server.url(self.database), visitors, offset)
 
     def snapshot(self, database: str | None = None) -> dict[str, list[tuple[object, ...]]]:
         """Everything a restore must bring back: per-visitor rows, totals, daily rows, revision."""

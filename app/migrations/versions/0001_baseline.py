@@ -4,6 +4,9 @@ The original app stored raw IP addresses in ``visitor(id, ip, visits)``. When th
 rows are converted to keyed hashes (rows of one normalised address merged, every count kept) and
 the table is dropped, so no raw address survives the upgrade.
 
+A migration must not change when the app does: what it needs of the app (the shard count, the address
+normalisation and visitor key of this revision) is copied here, and env.py hands it the secret.
+
 Revision ID: 0001_baseline
 Revises:
 Create Date: 2026-11-25
@@ -12,15 +15,14 @@ Create Date: 2026-11-25
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 
 import sqlalchemy as sa
-from alembic import op
-from flask import current_app
-
-from app.identity import normalise_address, visitor_key
-from app.models import COUNTER_SHARDS
+from alembic import context, op
 
 revision = "0001_baseline"
 down_revision = None
@@ -32,6 +34,8 @@ LEGACY_TABLE = "visitor"
 # count under a key from their raw text; the prefix keeps them apart from any real address.
 LEGACY_UNPARSEABLE_PREFIX = "legacy-unparseable:"
 BATCH = 10_000
+COUNTER_SHARDS = 16
+MAX_ADDRESS_LENGTH = 64
 
 
 def upgrade() -> None:
@@ -73,7 +77,7 @@ def upgrade() -> None:
 
 
 def _import_legacy(bind: sa.Connection, visitors: sa.Table) -> tuple[int, int]:
-    secret: bytes = current_app.extensions["tally"].config.secret_key
+    secret: bytes = context.config.attributes["secret_key"]
     counts: dict[bytes, int] = defaultdict(int)
     rows = bind.execute(sa.text(f"SELECT ip, visits FROM {LEGACY_TABLE}"))  # noqa: S608 - constant name
     for raw_ip, visits in rows:
@@ -110,6 +114,34 @@ def _batches(items: Iterable[tuple[bytes, int]]) -> Iterable[list[tuple[bytes, i
             batch = []
     if batch:
         yield batch
+
+
+def normalise_address(raw: str | None) -> str | None:
+    """Canonical text of an IP address (app/identity.py at this revision), or None when it is not one."""
+    if raw is None:
+        return None
+    candidate = raw.strip()
+    if not candidate or len(candidate) > MAX_ADDRESS_LENGTH:
+        return None
+    if candidate.startswith("["):
+        closing = candidate.find("]")
+        if closing == -1:
+            return None
+        candidate = candidate[1:closing]
+    elif candidate.count(":") == 1:
+        candidate = candidate.split(":", 1)[0]
+    candidate = candidate.split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def visitor_key(secret: bytes, normalised_address: str) -> bytes:
+    return hmac.new(secret, normalised_address.encode("ascii"), hashlib.sha256).digest()
 
 
 def downgrade() -> None:
