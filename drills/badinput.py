@@ -70,7 +70,9 @@ INVALID_SPELLINGS = (
     "_",
 )
 VISIT_LINE = b"You have visited this page"
-CLIENT_TIMEOUT_S = 10.0
+# Longer than Traefik's 10 s request read timeout (compose/edge.yaml): a request whose announced body never
+# comes is answered when Traefik gives up reading it, and that answer is what the drill judges.
+CLIENT_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,17 @@ class Outcome:
     invalid_xff: bool
 
 
+# The one case Traefik answers with its own 500 before the app sees it: a body it cannot read (a bad chunk
+# size; traefik/traefik#11087, docs/security.md "Known gaps"). Reported, nothing is counted.
+UNREADABLE_BODY_CASE = "te-bad-chunk"
+
+
+def is_protocol_answer(error: str) -> bool:
+    """A corpus case ("tag:status") whose 5xx is the answer HTTP/1.1 prescribes (RFC 9112 sections 2.6, 6.1)."""
+    tag, _, status = error.rpartition(":")
+    return (tag == "te-unknown" and status == "501") or (tag.startswith("version-") and status == "505")
+
+
 @dataclass
 class Summary:
     statuses: dict[str, int] = field(default_factory=dict)
@@ -95,6 +108,20 @@ class Summary:
     server_errors: list[str] = field(default_factory=list)
     timeouts: list[str] = field(default_factory=list)
     accepted_invalid_xff: list[str] = field(default_factory=list)
+
+    @property
+    def traefik_unreadable_body(self) -> list[str]:
+        return [error for error in self.server_errors if error == f"{UNREADABLE_BODY_CASE}:500"]
+
+    @property
+    def protocol_answers(self) -> list[str]:
+        return [error for error in self.server_errors if is_protocol_answer(error)]
+
+    def server_errors_through_traefik(self) -> list[str]:
+        """The 5xx answers that are failures behind Traefik: all but its unreadable-body 500 and the protocol
+        answers HTTP prescribes."""
+        excused = set(self.traefik_unreadable_body) | set(self.protocol_answers)
+        return [error for error in self.server_errors if error not in excused]
 
 
 def request(

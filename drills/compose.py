@@ -165,15 +165,6 @@ class DryRunner:
 
 
 # The corpus case (drills/badinput.py) whose body no proxy can read.
-UNREADABLE_BODY_CASE = "te-bad-chunk"
-
-
-def is_protocol_answer(error: str) -> bool:
-    """A corpus case ("tag:status") whose 5xx is the answer HTTP/1.1 prescribes (RFC 9112 sections 2.6, 6.1)."""
-    tag, _, status = error.rpartition(":")
-    return (tag == "te-unknown" and status == "501") or (tag.startswith("version-") and status == "505")
-
-
 @dataclass
 class ComposeDrills:
     base_url: str = "https://localhost"
@@ -362,20 +353,18 @@ class ComposeDrills:
             return result
         summary = badinput.summarise(badinput.send_all(host, port, cases, tls=tls, server_name="localhost"))
         added = int(self.run(self.commands.psql("SELECT count(*) FROM visitors")).strip() or 0) - before_visitors
-        # Traefik answers a body it cannot read (a bad chunk size) with its own 500 before the app sees it
-        # (traefik/traefik#11087, docs/security.md "Known gaps"): reported. 501 to an unknown transfer coding
-        # and 505 to an HTTP version it does not speak are what RFC 9112 asks of a server, not failures.
-        unreadable = [error for error in summary.server_errors if error == f"{UNREADABLE_BODY_CASE}:500"]
-        protocol = [error for error in summary.server_errors if is_protocol_answer(error)]
-        others = [error for error in summary.server_errors if error not in unreadable and error not in protocol]
+        # Traefik's own 500 for an unreadable body is reported; 501 to an unknown transfer coding and 505 to an
+        # HTTP version it does not speak are what RFC 9112 asks of a server, not failures.
+        others = summary.server_errors_through_traefik()
         result.figures.update(
             statuses=summary.statuses,
             visitors_added=added,
             visit_pages=summary.visit_pages,
-            traefik_500_unreadable_body=len(unreadable),
-            protocol_5xx_answers=len(protocol),
+            traefik_500_unreadable_body=len(summary.traefik_unreadable_body),
+            protocol_5xx_answers=len(summary.protocol_answers),
         )
         result.check(not others, "5xx", f"5xx answers: {others[:5]}")
+        result.check(not summary.timeouts, "timeout", f"no answer within the client timeout: {summary.timeouts[:5]}")
         result.check(added <= 1, "forged-visitors", f"{added} visitors added from one client address")
         return result
 

@@ -1,6 +1,7 @@
 """The stack of the native drills: real PostgreSQL 15, the app under the production gunicorn config
-(N replicas, each its own gunicorn master on its own port), haproxy in front (drills/lb.py) and,
-when asked, Prometheus + Alertmanager + the alert webhook from tests/support/observability.py.
+(N replicas, each its own gunicorn master on its own port), the real Traefik in front with the stack's
+own configuration (tests/support/traefik.py) and, when asked, Prometheus + Alertmanager + the alert
+webhook from tests/support/observability.py.
 
 Every process is started in its own session and stopped by PID in ``close`` (also on failure).
 """
@@ -15,19 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import urllib3
 
 from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
 from tests.support.observability import ObservabilityStack
 from tests.support.postgres import PostgresServer
 from tests.support.procs import free_port, wait_until
-
-from .lb import HAProxy, TraefikService, read_traefik_service
+from tests.support.traefik import Traefik, health_check_bound_s
 
 DATABASE = "tally"
 REPLICA_ALERT = "AppReplicasBelowMinimum"
 # The alert waits 2m in production; the drill shortens only its `for:` (nothing else is rewritten),
 # so what is measured is scrape -> rule -> Alertmanager -> webhook with our real files.
 ALERT_FOR_OVERRIDES = {REPLICA_ALERT: "3s"}
+# Every drill's load comes from one address (127.0.0.1), at up to a few hundred requests per second: under
+# the stack's per-client limit of 20/s it would measure the rate limit, not the fault. The drills raise only
+# that limit; everything else Traefik does (routing, retries, timeouts, health checks, TLS, headers) is the
+# stack's own configuration. The rate limit itself is tested natively and on the engine (tests/stack,
+# tests/e2e).
+RATE_LIMIT_OVERRIDE = {"rate-limit": {"rateLimit": {"average": 100_000, "burst": 100_000}}}
 
 
 @dataclass
@@ -37,15 +44,14 @@ class NativeStack:
     database_url: str
     envs: list[dict[str, str]]
     replicas: list[Gunicorn] = field(default_factory=list)
-    haproxy: HAProxy | None = None
-    lb_service: TraefikService | None = None
+    traefik: Traefik | None = None
     observability: ObservabilityStack | None = None
     restarts: int = 0
 
     @property
-    def lb(self) -> HAProxy:
-        assert self.haproxy is not None, "started without a load balancer"
-        return self.haproxy
+    def lb(self) -> Traefik:
+        assert self.traefik is not None, "started without Traefik"
+        return self.traefik
 
     @classmethod
     @contextlib.contextmanager
@@ -77,16 +83,16 @@ class NativeStack:
                         PORT=str(free_port()),
                         METRICS_PORT=str(free_port()),
                         TRUSTED_PROXY_HOPS="1",
+                        DRAIN_MARKER=str(replica_dir / "draining"),
                         **(env or {}),
                     )
                 )
             for index in range(replicas):
                 stack.replicas.append(run_gunicorn(stack.envs[index], stack.log_path(index)))
-            stack.lb_service = read_traefik_service()
-            stack.haproxy = HAProxy.start(
-                workdir / "haproxy",
-                [(stack.server_name(i), r.port) for i, r in enumerate(stack.replicas)],
-                stack.lb_service,
+            stack.traefik = Traefik.start(
+                workdir / "traefik",
+                [replica.url for replica in stack.replicas],
+                middleware_overrides=RATE_LIMIT_OVERRIDE,
             )
             stack.wait_servers_up(timeout=stack.health_check_bound_s() + 5)
             if alerting:
@@ -110,14 +116,18 @@ class NativeStack:
 
     # ------------------------------------------------------------------ replicas
 
-    @staticmethod
-    def server_name(index: int) -> str:
-        return f"app{index + 1}"
-
     def log_path(self, index: int) -> Path:
         return self.workdir / f"replica-{index}.log"
 
+    def drain(self, index: int, timeout: float) -> float:
+        """What scripts/deploy.sh does before it stops a replica (app/drain.py, by hand: natively every
+        replica shares 127.0.0.1, which app.drain cannot tell apart): /readyz answers 503 until Traefik's
+        health check has taken the replica out of rotation."""
+        Path(self.envs[index]["DRAIN_MARKER"]).touch()
+        return self.wait_server(index, False, timeout)
+
     def restart(self, index: int) -> Gunicorn:
+        Path(self.envs[index]["DRAIN_MARKER"]).unlink(missing_ok=True)
         self.replicas[index] = run_gunicorn(self.envs[index], self.log_path(index))
         self.restarts += 1
         return self.replicas[index]
@@ -125,24 +135,28 @@ class NativeStack:
     def logs(self) -> str:
         return "\n".join(self.log_path(i).read_text(errors="replace") for i in range(len(self.envs)))
 
-    def health_check_bound_s(self) -> float:
-        """Longest time the balancer may take to notice a change: one interval plus one check timeout."""
-        service = self.lb_service or read_traefik_service()
-        return (max(service.health_interval_ms, service.unhealthy_interval_ms) + service.health_timeout_ms) / 1000
+    @staticmethod
+    def health_check_bound_s() -> float:
+        return health_check_bound_s()
 
-    def wait_server(self, index: int, status: str, timeout: float) -> float:
+    def wait_server(self, index: int, up: bool, timeout: float) -> float:
+        """Wait until Traefik's health check has taken replica ``index`` in (``up``) or out of rotation."""
         started = time.monotonic()
+        url = self.replica_url(index)
         wait_until(
-            lambda: self.lb.server_status(self.server_name(index)) == status,
+            lambda: self.lb.server_up().get(url) is up,
             timeout=timeout,
             interval=0.05,
-            message=f"haproxy marks {self.server_name(index)} {status}",
+            message=f"Traefik marks {url} {'up' if up else 'down'}",
         )
         return time.monotonic() - started
 
+    def replica_url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.envs[index]['PORT']}"
+
     def wait_servers_up(self, timeout: float) -> None:
         for index in range(len(self.replicas)):
-            self.wait_server(index, "UP", timeout)
+            self.wait_server(index, True, timeout)
 
     # ------------------------------------------------------------------ database
 
@@ -205,8 +219,8 @@ class NativeStack:
         steps: list[Callable[[], None]] = []
         if self.observability is not None:
             steps.append(self.observability.close)
-        if self.haproxy is not None:
-            steps.append(self.haproxy.stop)
+        if self.traefik is not None:
+            steps.append(self.traefik.stop)
         steps += [lambda r=r: r.stop(signal.SIGKILL, timeout=10) for r in self.replicas]  # type: ignore[misc]
         steps.append(self.pg.destroy)
         for step in steps:
@@ -224,8 +238,13 @@ def _replicas_up(observability: ObservabilityStack) -> int:
     return int(float(samples[0]["value"][1])) if samples else 0
 
 
+# The drills reach Traefik at https://localhost with its self-signed default certificate, knowingly.
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+
 def get_ok(url: str, timeout: float = 5) -> bool:
+    """One GET answered 200; through Traefik over TLS its self-signed default certificate is accepted."""
     try:
-        return requests.get(url, timeout=timeout).status_code == 200
+        return requests.get(url, timeout=timeout, verify=False).status_code == 200  # noqa: S501
     except requests.RequestException:
         return False

@@ -1,7 +1,7 @@
 """Resilience drills: ``python -m drills --target native|compose --action ACTION [--short] [--duration S]``.
 
 native   starts everything itself on 127.0.0.1 (PostgreSQL 15, gunicorn replicas with the production
-         config, haproxy mirroring our Traefik settings, Prometheus + Alertmanager for the alert),
+         config, the real Traefik with the stack's configuration, Prometheus + Alertmanager for the alert),
          breaks it, measures, and stops every process it started.
 compose  drives an already running compose stack with docker / docker compose (operators).
 
@@ -66,7 +66,7 @@ def plan_native(actions: list[str], args: argparse.Namespace) -> None:
     profile = (SHORT if args.short else FULL).with_duration(args.duration)
     print(
         f"drills (dry run, nothing is started): native, {profile.name} profile, on 127.0.0.1 - PostgreSQL 15,"
-        " gunicorn replicas with the production config, haproxy, Prometheus and Alertmanager, under"
+        " gunicorn replicas with the production config, Traefik, Prometheus and Alertmanager, under"
         f" {profile.users} Locust users x {profile.user_rps} req/s, {profile.steady_s:g} s steady load"
         " before each fault and after recovery",
         flush=True,

@@ -8,6 +8,7 @@ polls with a deadline.
 from __future__ import annotations
 
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -96,20 +97,20 @@ def replica_loss(workdir: Path, profile: Profile) -> DrillResult:
     result = DrillResult("replica-loss", "native", profile.name)
     with NativeStack.running(workdir, replicas=2, alerting=True) as stack:
         before = stack.total_visits()
-        load = Load.start(stack.lb.url, workdir / "load", users=profile.users, user_rps=profile.user_rps)
+        load = Load.start(stack.lb.url, workdir / "load", users=profile.users, user_rps=profile.user_rps, insecure=True)
         try:
             mark = stack.alert_quiet()
             hold(profile.steady_s, load.alive)
             killed_at = time.monotonic()
             stack.replicas[1].stop(signal.SIGKILL)
-            down_after = stack.wait_server(1, "DOWN", stack.health_check_bound_s() + 5)
+            down_after = stack.wait_server(1, False, stack.health_check_bound_s() + 5)
             wait_until(
                 lambda: stack.alert_after(mark, "firing"), ALERT_DEADLINE_S, 0.25, "replica alert at the webhook"
             )
             fired_after = time.monotonic() - killed_at
             restarted_at = time.monotonic()
             stack.restart(1)
-            back_after = stack.wait_server(1, "UP", stack.health_check_bound_s() + 5)
+            back_after = stack.wait_server(1, True, stack.health_check_bound_s() + 5)
             wait_until(
                 lambda: stack.alert_after(mark, "firing", "resolved"),
                 ALERT_DEADLINE_S,
@@ -141,28 +142,33 @@ def replica_loss(workdir: Path, profile: Profile) -> DrillResult:
 
 
 def graceful_restart(workdir: Path, profile: Profile) -> DrillResult:
-    """SIGTERM each replica in turn under load and start it again (a rolling restart/deploy)."""
+    """Drain and SIGTERM each replica in turn under load and start it again (a rolling restart, as
+    scripts/deploy.sh does it)."""
     result = DrillResult("graceful-restart", "native", profile.name)
     with NativeStack.running(workdir, replicas=2) as stack:
         before = stack.total_visits()
         graceful_timeout = float(stack.envs[0].get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
-        stop_times, rotation_times, exit_codes = [], [], []
-        load = Load.start(stack.lb.url, workdir / "load", users=profile.users, user_rps=profile.user_rps)
+        drain_times, stop_times, rotation_times, exit_codes = [], [], [], []
+        load = Load.start(stack.lb.url, workdir / "load", users=profile.users, user_rps=profile.user_rps, insecure=True)
         try:
             hold(profile.steady_s, load.alive)
             for index in range(len(stack.replicas)):
+                drain_times.append(round(stack.drain(index, stack.health_check_bound_s() + 5), 2))
                 started = time.monotonic()
                 exit_codes.append(stack.replicas[index].stop(signal.SIGTERM, timeout=graceful_timeout + 10))
                 stop_times.append(round(time.monotonic() - started, 2))
                 stack.restart(index)
-                rotation_times.append(round(stack.wait_server(index, "UP", stack.health_check_bound_s() + 5), 2))
+                rotation_times.append(round(stack.wait_server(index, True, stack.health_check_bound_s() + 5), 2))
                 hold(profile.steady_s / 2, load.alive)
             hold(profile.steady_s / 2, load.alive)
         finally:
             outcome = load.stop()
         _load_figures(result, outcome)
         result.figures.update(
-            replica_stop_s=stop_times, back_in_rotation_s=rotation_times, gunicorn_exit_codes=exit_codes
+            drained_s=drain_times,
+            replica_stop_s=stop_times,
+            back_in_rotation_s=rotation_times,
+            gunicorn_exit_codes=exit_codes,
         )
         result.add_ledger(_ledger(stack, outcome, before))
         result.check(outcome.failed == 0, "failed", f"{outcome.failed} requests failed during the rolling restart")
@@ -230,9 +236,9 @@ def db_restart(workdir: Path, profile: Profile) -> DrillResult:
         hang_limit = float(env.get("DB_POOL_TIMEOUT", "3")) + float(env.get("DB_CONNECT_TIMEOUT", "2")) + 1
         lb_limit = stack.health_check_bound_s() + 1
         before = stack.total_visits()
-        load = Load.start(stack.lb.url, workdir / "load", users=profile.users, user_rps=profile.user_rps)
+        load = Load.start(stack.lb.url, workdir / "load", users=profile.users, user_rps=profile.user_rps, insecure=True)
         # /api/stats reads the database and counts nothing: the user-visible recovery, without
-        # adding visits the ledger cannot see. Direct: the app's recovery; through haproxy: the stack's.
+        # adding visits the ledger cannot see. Direct: the app's recovery; through Traefik: the stack's.
         with Prober(stack.replicas[0].url + "/api/stats") as app_probe, Prober(stack.lb.url + "/api/stats") as lb_probe:
             try:
                 hold(profile.steady_s, load.alive)
@@ -245,7 +251,7 @@ def db_restart(workdir: Path, profile: Profile) -> DrillResult:
                 up_at = time.time()
                 app_probe.arm()
                 lb_probe.arm()
-                wait_until(lambda: lb_probe.first_ok is not None, lb_limit + 10, 0.05, "service back through haproxy")
+                wait_until(lambda: lb_probe.first_ok is not None, lb_limit + 10, 0.05, "service back through Traefik")
                 wait_until(lambda: app_probe.first_ok is not None, 10, 0.05, "app answering again")
                 hold(profile.steady_s, load.alive)
             finally:
@@ -318,7 +324,7 @@ def conn_exhaustion(workdir: Path, profile: Profile, pool_env: dict[str, str] | 
         workers_before = [child_pids(pid) for pid in masters]
         boots_before = stack.logs().count("Booting worker")
         before = stack.total_visits()
-        load = Load.start(stack.lb.url, workdir / "load", users=EXHAUSTION_USERS, user_rps="max")
+        load = Load.start(stack.lb.url, workdir / "load", users=EXHAUSTION_USERS, user_rps="max", insecure=True)
         try:
             hold(profile.exhaustion_s, load.alive, *[lambda r=r: r.process.poll() is None for r in stack.replicas])
         finally:
@@ -386,18 +392,21 @@ def conn_exhaustion(workdir: Path, profile: Profile, pool_env: dict[str, str] | 
 
 def bad_input(workdir: Path, profile: Profile) -> DrillResult:
     """Forged, malformed and oversized requests at volume, straight at gunicorn (which trusts one
-    proxy hop, as in compose) and through the balancer."""
+    proxy hop, as in compose) and through Traefik over TLS (what the stack's clients reach)."""
     result = DrillResult("bad-input", "native", profile.name)
     with NativeStack.running(workdir, replicas=2) as stack:
-        phases = {
-            "direct": ("127.0.0.1", stack.replicas[0].port, badinput.DIRECT_VISITOR_BOUND),
-            "via_lb": ("127.0.0.1", stack.lb.port, 1),
+        unverified = ssl.create_default_context()
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
+        phases: dict[str, tuple[int, int, ssl.SSLContext | None]] = {
+            "direct": (stack.replicas[0].port, badinput.DIRECT_VISITOR_BOUND, None),
+            "via_lb": (stack.lb.ports["websecure"], 1, unverified),
         }
-        for phase, (host, port, visitor_bound) in phases.items():
+        for phase, (port, visitor_bound, tls) in phases.items():
             visitors_before, visits_before = stack.total_visitors(), stack.total_visits()
             corpus = badinput.corpus(profile.bad_requests, seed=phase)
             started = time.monotonic()
-            outcomes = badinput.send_all(host, port, corpus)
+            outcomes = badinput.send_all("127.0.0.1", port, corpus, tls=tls, server_name="localhost")
             elapsed = time.monotonic() - started
             summary = badinput.summarise(outcomes)
             visitors_added = stack.total_visitors() - visitors_before
@@ -408,8 +417,13 @@ def bad_input(workdir: Path, profile: Profile) -> DrillResult:
             result.figures[f"{phase}_visitors_added"] = visitors_added
             result.figures[f"{phase}_visit_pages"] = summary.visit_pages
             result.figures[f"{phase}_visits_added"] = visits_added
-            bad_host = [e for e in summary.server_errors if e.startswith(BAD_HOST_TAG)]
-            others = [e for e in summary.server_errors if not e.startswith(BAD_HOST_TAG)]
+            errors = summary.server_errors
+            if tls is not None:
+                result.figures[f"{phase}_traefik_500_unreadable_body"] = len(summary.traefik_unreadable_body)
+                result.figures[f"{phase}_protocol_5xx_answers"] = len(summary.protocol_answers)
+                errors = summary.server_errors_through_traefik()
+            bad_host = [e for e in errors if e.startswith(BAD_HOST_TAG)]
+            others = [e for e in errors if not e.startswith(BAD_HOST_TAG)]
             result.check(not others, "5xx", f"{phase}: 5xx answers: {others[:5]}")
             result.check(not bad_host, "5xx-bad-host", f"{phase}: 5xx answers to an invalid Host: {bad_host[:3]}")
             result.check(

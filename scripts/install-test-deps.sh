@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite runs for real (Debian 12, as root). Idempotent: a
 # package already present is not fetched again, so `make test` can call it every time.
-# When it installs anything, it then stops the services those packages start (PostgreSQL, haproxy,
+# When it installs anything, it then stops the services those packages start (PostgreSQL,
 # Prometheus, Alertmanager, exporters), a system PostgreSQL of yours included: it says so first.
 set -euo pipefail
 
@@ -12,7 +12,7 @@ APT_PACKAGES=(
   prometheus-blackbox-exporter
   shellcheck chromium fonts-dejavu-core
   containerd runc tini iptables debootstrap
-  haproxy wrk age socat rsync jq curl iproute2 git
+  wrk age socat rsync jq curl iproute2 git
   python3-croniter
 )
 
@@ -27,14 +27,14 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "install-test-deps: installing ${missing[*]}"
-  echo "install-test-deps: NOTE: afterwards this stops the system's PostgreSQL, haproxy, Prometheus, Alertmanager" \
+  echo "install-test-deps: NOTE: afterwards this stops the system's PostgreSQL, Prometheus, Alertmanager" \
        "and exporter services (the tests start their own on free ports); start yours again with systemctl start"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   # The Debian packages start their services; the tests start their own on free ports instead.
   for service in containerd prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-node-exporter \
-                 prometheus-blackbox-exporter haproxy postgresql; do
+                 prometheus-blackbox-exporter postgresql; do
     systemctl stop "$service" 2>/dev/null || service "$service" stop 2>/dev/null || true
   done
 fi

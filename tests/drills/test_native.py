@@ -1,5 +1,6 @@
 """The short drills (``python -m drills --short``) against the native stack: real PostgreSQL, the app
-under the production gunicorn config, haproxy mirroring Traefik, Prometheus + Alertmanager.
+under the production gunicorn config, the real Traefik with the stack's configuration (only its per-client
+rate limit raised: the load comes from one address), Prometheus + Alertmanager.
 
 Each drill runs once per module (they take 15-50 s each); the tests judge its figures. Violations
 are keyed (drills/scenarios.py), so a known defect can be tracked without hiding the others. Replica loss

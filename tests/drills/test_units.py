@@ -1,20 +1,20 @@
-"""Fast checks of the drill machinery: the haproxy mirror of Traefik, the counting rule, the bad-input
+"""Fast checks of the drill machinery: the native Traefik's configuration, the counting rule, the bad-input
 corpus, and the compose commands operators run (they cannot run here: no Docker engine)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from app.identity import normalise_address
-from drills import badinput, compose, lb, scenarios
+from drills import badinput, compose, native, scenarios
 from drills.load import parse_ledger
 from drills.report import DrillResult, Ledger, dump
 from drills.run import main
+from tests.support import traefik
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,65 +23,46 @@ def app_labels() -> dict[str, str]:
     return yaml.safe_load((REPO_ROOT / "compose" / "app.yaml").read_text())["services"]["app"]["labels"]
 
 
-def render(service: lb.TraefikService, tmp_path: Path) -> str:
-    return lb.render_config(service, 8080, [("app1", 9001), ("app2", 9002)], tmp_path / "haproxy.sock")
-
-
-def test_haproxy_mirrors_the_traefik_service_of_the_app(tmp_path: Path) -> None:
+def test_native_traefik_runs_the_stack_config_with_only_the_rate_limit_raised(tmp_path: Path) -> None:
     labels = app_labels()
-    service = lb.read_traefik_service()
-    assert service.health_path == labels["traefik.http.services.tally.loadbalancer.healthcheck.path"]
-    assert service.health_interval_ms == lb.go_duration_ms(
-        labels["traefik.http.services.tally.loadbalancer.healthcheck.interval"]
-    )
-    middlewares = yaml.safe_load((REPO_ROOT / "traefik" / "dynamic" / "middlewares.yml").read_text())
-    assert service.retry_attempts == middlewares["http"]["middlewares"]["retry"]["retry"]["attempts"]
-
-    config = render(service, tmp_path)
-    assert f"option httpchk GET {service.health_path}" in config
-    assert f"inter {service.health_interval_ms}ms" in config and "fall 1 rise 1" in config
-    assert "balance roundrobin" in config
-    assert f"retries {service.retry_attempts - 1}" in config and "option redispatch 1" in config
-    assert "retry-on conn-failure empty-response" in config
-    transport = yaml.safe_load((REPO_ROOT / "traefik" / "dynamic" / "transport.yml").read_text())
-    timeouts = transport["http"]["serversTransports"]["tally"]["forwardingTimeouts"]
-    assert f"timeout connect {lb.go_duration_ms(timeouts['dialTimeout'])}ms" in config
-    assert f"timeout server {lb.go_duration_ms(timeouts['responseHeaderTimeout'])}ms" in config
-    # Client-supplied X-Forwarded-For is dropped before the real peer is appended, as Traefik does.
-    assert config.index("del-header X-Forwarded-For") < config.index("option forwardfor")
-    (tmp_path / "haproxy.cfg").write_text(config)
-    check = subprocess.run([lb.HAPROXY_BIN, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
+    traefik.write_dynamic_dir(tmp_path, labels, ["http://127.0.0.1:9001"], native.RATE_LIMIT_OVERRIDE)
+    dynamic = REPO_ROOT / "traefik" / "dynamic"
+    for path in dynamic.glob("*.yml"):
+        if path.name != "middlewares.yml":
+            assert (tmp_path / path.name).resolve() == path.resolve()
+    ours = yaml.safe_load((dynamic / "middlewares.yml").read_text())["http"]["middlewares"]
+    native_copy = yaml.safe_load((tmp_path / "middlewares.yml").read_text())["http"]["middlewares"]
+    assert {name: spec for name, spec in native_copy.items() if name != "rate-limit"} == {
+        name: spec for name, spec in ours.items() if name != "rate-limit"
+    }
+    raised = native_copy["rate-limit"]["rateLimit"]
+    assert raised["average"] > ours["rate-limit"]["rateLimit"]["average"]
+    assert raised["sourceCriterion"] == ours["rate-limit"]["rateLimit"]["sourceCriterion"]
+    app = yaml.safe_load((tmp_path / "zz-native-app.yml").read_text())["http"]
+    assert app["routers"]["tally"]["middlewares"] == [labels["traefik.http.routers.tally.middlewares"]]
+    assert app["services"]["tally"]["loadbalancer"]["servers"] == [{"url": "http://127.0.0.1:9001"}]
 
 
-def test_the_mirror_follows_changes_to_the_traefik_config(tmp_path: Path) -> None:
-    doc = yaml.safe_load((REPO_ROOT / "compose" / "app.yaml").read_text())
-    labels = doc["services"]["app"]["labels"]
-    labels["traefik.http.services.tally.loadbalancer.healthcheck.interval"] = "1m30s"
-    labels["traefik.http.services.tally.loadbalancer.healthcheck.unhealthyinterval"] = "1s"
-    (tmp_path / "app.yaml").write_text(yaml.safe_dump(doc))
-    dynamic = tmp_path / "dynamic"
-    dynamic.mkdir()
-    middlewares = yaml.safe_load((REPO_ROOT / "traefik" / "dynamic" / "middlewares.yml").read_text())
-    middlewares["http"]["middlewares"]["tally-chain"]["chain"]["middlewares"].remove("retry")
-    (dynamic / "middlewares.yml").write_text(yaml.safe_dump(middlewares))
-    (dynamic / "transport.yml").write_text(
-        yaml.safe_dump({"http": {"serversTransports": {"tally": {"forwardingTimeouts": {"dialTimeout": "250ms"}}}}})
-    )
+def test_an_override_of_a_middleware_the_stack_lacks_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no middleware"):
+        traefik.write_dynamic_dir(tmp_path, app_labels(), [], {"no-such-limit": {"rateLimit": {"average": 1}}})
 
-    service = lb.read_traefik_service(tmp_path / "app.yaml", dynamic)
-    config = render(service, tmp_path)
-    assert "inter 90000ms downinter 1000ms" in config
-    assert "timeout connect 250ms" in config and "timeout server 60000ms" in config
-    assert "retries 0" in config and "retry-on none" in config
+
+def test_the_drills_wait_as_long_as_the_labels_health_check_needs() -> None:
+    label = "traefik.http.services.tally.loadbalancer.healthcheck."
+    labels = app_labels()
+    interval = traefik.go_duration_s(labels[label + "interval"])
+    unhealthy = traefik.go_duration_s(labels.get(label + "unhealthyinterval", labels[label + "interval"]))
+    expected = max(interval, unhealthy) + traefik.go_duration_s(labels[label + "timeout"])
+    assert traefik.health_check_bound_s() == expected > 0
 
 
 def test_go_durations() -> None:
-    assert lb.go_duration_ms("5s") == 5000
-    assert lb.go_duration_ms("250ms") == 250
-    assert lb.go_duration_ms("1m30s") == 90000
+    assert traefik.go_duration_s("5s") == 5
+    assert traefik.go_duration_s("250ms") == 0.25
+    assert traefik.go_duration_s("1m30s") == 90
     with pytest.raises(ValueError, match="Go duration"):
-        lb.go_duration_ms("5 seconds")
+        traefik.go_duration_s("5 seconds")
 
 
 @pytest.mark.parametrize(
@@ -145,7 +126,7 @@ def test_compose_graceful_restart_stops_each_replica_within_the_grace_period() -
     commands = compose.plan(["graceful-restart"])
     stops = [c for c in commands if c[:2] == ["docker", "stop"]]
     assert len(stops) == 2  # every replica the dry run lists
-    assert all(c[2:4] == ["--time", str(lb.go_duration_ms(grace) // 1000)] for c in stops)
+    assert all(c[2:4] == ["--time", str(round(traefik.go_duration_s(grace)))] for c in stops)
 
 
 def test_compose_graceful_restart_drains_each_replica_from_traefik_before_stopping_it() -> None:
@@ -235,6 +216,6 @@ def test_cli_dry_run_refuses_a_results_file(tmp_path: Path) -> None:
 
 
 def test_compose_bad_input_excuses_only_the_answers_http_prescribes() -> None:
-    assert compose.is_protocol_answer("te-unknown:501") and compose.is_protocol_answer("version-HTTP/9.9:505")
-    assert not compose.is_protocol_answer("te-unknown:500") and not compose.is_protocol_answer("version-HTTP/2.0:502")
-    assert not compose.is_protocol_answer("header-huge:505") and not compose.is_protocol_answer("te-bad-chunk:500")
+    assert badinput.is_protocol_answer("te-unknown:501") and badinput.is_protocol_answer("version-HTTP/9.9:505")
+    assert not badinput.is_protocol_answer("te-unknown:500") and not badinput.is_protocol_answer("version-HTTP/2.0:502")
+    assert not badinput.is_protocol_answer("header-huge:505") and not badinput.is_protocol_answer("te-bad-chunk:500")

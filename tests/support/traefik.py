@@ -11,12 +11,14 @@ with the replicas' addresses in place of Docker's discovery.
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,66 @@ _COMPOSE_VARIABLE = re.compile(r"\$\{[A-Za-z0-9_]+(?::?([-+])([^{}]*))?\}")
 _DOCKER_ONLY = ("--providers.docker", "--certificatesresolvers.")
 # Label keys whose value is a comma-separated list in the file provider's model.
 _LIST_KEYS = ("entrypoints", "middlewares")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Traefik's default health-check interval and timeout when a label leaves them out.
+_DEFAULT_HEALTH = {"interval": "30s", "timeout": "5s"}
+
+
+def go_duration_s(text: str) -> float:
+    """A Go duration as Traefik's labels write it ("2s", "1m30s", "250ms") in seconds."""
+    value = text.strip()
+    if not value or _DURATION_PART.sub("", value):
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sum(float(number) * _UNIT_S[unit] for number, unit in _DURATION_PART.findall(value))
+
+
+def health_check_bound_s(compose_service_name: str = "app") -> float:
+    """Longest Traefik may take to notice a replica's change: the slower of its health-check intervals
+    plus one check's timeout, from the service's labels."""
+    labels = {
+        key.rsplit(".", 1)[-1]: compose_default(value)
+        for key, value in compose_service(APP_COMPOSE, compose_service_name)["labels"].items()
+        if ".loadbalancer.healthcheck." in key
+    }
+    interval = go_duration_s(labels.get("interval", _DEFAULT_HEALTH["interval"]))
+    unhealthy = go_duration_s(labels.get("unhealthyinterval", labels.get("interval", _DEFAULT_HEALTH["interval"])))
+    return max(interval, unhealthy) + go_duration_s(labels.get("timeout", _DEFAULT_HEALTH["timeout"]))
+
+
+def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        old = merged.get(key)
+        merged[key] = _merged(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return merged
+
+
+def write_dynamic_dir(
+    dynamic_dir: Path,
+    labels: dict[str, str],
+    servers: Sequence[str],
+    middleware_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """The file provider's directory: every file of traefik/dynamic/ (linked, or copied with the named
+    middlewares' settings changed) plus the app's router and service as its labels declare them."""
+    dynamic_dir.mkdir(parents=True, exist_ok=True)
+    pending = dict(middleware_overrides or {})
+    for path in sorted(DYNAMIC_DIR.glob("*.yml")):
+        target = dynamic_dir / path.name
+        doc = yaml.safe_load(path.read_text()) or {}
+        middlewares = (doc.get("http") or {}).get("middlewares") or {}
+        changed = {name: pending.pop(name) for name in list(pending) if name in middlewares}
+        target.unlink(missing_ok=True)
+        if changed:
+            for name, change in changed.items():
+                middlewares[name] = _merged(middlewares[name], change)
+            target.write_text(yaml.safe_dump(doc, sort_keys=False))
+        else:
+            target.symlink_to(path)
+    if pending:
+        raise ValueError(f"no middleware {sorted(pending)} in {DYNAMIC_DIR}")
+    (dynamic_dir / "zz-native-app.yml").write_text(yaml.safe_dump(labels_to_dynamic(labels, servers)))
 
 
 def traefik_bin() -> Path:
@@ -131,16 +193,12 @@ class Traefik:
         *,
         compose_service_name: str = "app",
         overrides: Sequence[str] = (),
+        middleware_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Traefik:
         workdir.mkdir(parents=True, exist_ok=True)
         dynamic_dir = workdir / "dynamic"
-        dynamic_dir.mkdir(exist_ok=True)
-        for path in sorted(DYNAMIC_DIR.glob("*.yml")):
-            link = dynamic_dir / path.name
-            if not link.exists():
-                link.symlink_to(path)
         labels = compose_service(APP_COMPOSE, compose_service_name)["labels"]
-        (dynamic_dir / "zz-native-app.yml").write_text(yaml.safe_dump(labels_to_dynamic(labels, servers)))
+        write_dynamic_dir(dynamic_dir, labels, servers, middleware_overrides)
         entrypoints = {
             re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag)).group(1)  # type: ignore[union-attr]
             for flag in compose_service(EDGE_COMPOSE, "traefik")["command"]
@@ -192,3 +250,12 @@ class Traefik:
 
     def servers_up(self) -> int:
         return sum(self.server_up().values())
+
+    def retries(self) -> int:
+        """Attempts the retry middleware sent again (to another server), from the access log: Traefik's
+        Prometheus metrics have no retry counter."""
+        attempts = 0
+        for line in self.log().splitlines():
+            if line.startswith("{") and '"RetryAttempts"' in line:
+                attempts += int(json.loads(line).get("RetryAttempts", 0))
+        return attempts
