@@ -149,3 +149,25 @@ def test_visit_survives_a_session_it_does_not_own(app: Flask, lost: str) -> None
         assert status == 200, body[:300]
         assert visits_on_page(body) == expected
     assert database_totals(app)["visits"] == 3
+
+
+def test_connection_closed_on_the_client_side_is_a_503(app: Flask) -> None:
+    """psycopg2 reports a connection it closed itself as an InterfaceError, not an OperationalError: the
+    visit, run on the driver connection, must still answer 503 and leave no dead connection in the pool."""
+    engine = app.extensions["tally"].engine
+    assert visit(app)[0] == 200
+    closed: list[int] = []
+
+    def close_once(dbapi_connection: Any, *_args: Any) -> None:
+        if not closed:
+            closed.append(1)
+            dbapi_connection.close()
+
+    event.listen(engine.pool, "checkout", close_once)
+    status, body = visit(app)
+    assert closed
+    assert status == 503, body[:300]
+    assert "Temporarily unavailable" in body
+    status, body = visit(app)
+    assert status == 200, body[:300]
+    assert visits_on_page(body) == 2
