@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, Date, Engine, LargeBinary, bindparam, text
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from .models import COUNTER_SHARDS
@@ -93,7 +93,8 @@ _PREPARE_VISIT = (
     f"PREPARE {VISIT_STATEMENT_NAME} (bytea, date, smallint) AS {postgres_visit_sql(key='$1', today='$2', shard='$3')}"
 )
 # Run as driver SQL: SQLAlchemy's compile, bind and result-typing steps cost more CPU than the
-# driver's own work for this one statement (docs/capacity.md). psycopg2 and psycopg 3 share this style.
+# driver's own work for this one statement (docs/capacity.md). psycopg2's client-side binding: psycopg 3
+# binds on the server, where EXECUTE takes no parameters.
 _EXECUTE_VISIT = f"EXECUTE {VISIT_STATEMENT_NAME} (%(key)s, %(today)s, %(shard)s)"
 _PLAIN_VISIT = postgres_visit_sql(key="%(key)s", today="%(today)s", shard="%(shard)s")
 # invalid_sql_statement_name, duplicate_prepared_statement: raised before the statement runs.
@@ -155,35 +156,80 @@ def record_visit(engine: Engine, key: bytes, today: dt.date | None = None) -> Vi
     day = today or utc_today()
     shard = random.randrange(COUNTER_SHARDS)
     if engine.dialect.name == "postgresql":
-        # The app's engine autocommits (app/db.py): the single statement is its own transaction, and the
-        # commit at the end of begin() costs no round trip. It still commits on an engine made elsewhere.
-        with engine.begin() as connection:
-            row = _postgres_visit(connection, {"key": key, "today": day, "shard": shard})
-        # PostgreSQL's sum() over bigint is numeric (Decimal in Python): hand out plain ints.
-        return VisitResult(
-            int(row.visits), row.is_new_visitor, row.is_new_today, int(row.total_visitors), int(row.today_visitors)
+        visits, is_new_visitor, is_new_today, total_visitors, today_visitors = _postgres_visit(
+            engine, {"key": key, "today": day, "shard": shard}
         )
+        # PostgreSQL's sum() over bigint is numeric (Decimal in Python): hand out plain ints.
+        return VisitResult(int(visits), is_new_visitor, is_new_today, int(total_visitors), int(today_visitors))
     with engine.begin() as connection:
         return _record_visit_sqlite(connection, key, day, shard)
 
 
-def _postgres_visit(connection: Connection, params: dict[str, object]) -> Row[Any]:
-    # The pool keeps this dict with the DBAPI connection; a replaced connection starts empty.
-    info = connection.connection.info
+def _postgres_visit(engine: Engine, params: dict[str, object]) -> tuple[Any, ...]:
+    """The visit on the pooled driver connection itself, below SQLAlchemy's Connection.
+
+    SQLAlchemy's Connection, execution context and result cost about as much client CPU again as the
+    rest of the visit's database work (docs/capacity.md, "Third pass"). What they did for the visit is
+    done here: the pool's checkout (with its check for a connection the server closed, app/db.py) and
+    check-in, a driver error raised as SQLAlchemy's (so an outage is a 503, app/errors.py), and a
+    connection found dead invalidated so the pool does not hand it out again.
+    """
+    dbapi_error: Any = engine.dialect.loaded_dbapi.Error
+    try:
+        connection = engine.raw_connection()
+    except dbapi_error as error:
+        raise _wrapped(engine, error, None, invalidated=False) from error
+    cursor = None
+    try:
+        cursor = connection.cursor()
+        row = _execute_visit(cursor, connection.info, params)
+        # A no-op without a round trip on the app's autocommit engine (app/db.py); commits elsewhere.
+        connection.commit()
+        return tuple(row)
+    except dbapi_error as error:
+        invalidated = engine.dialect.is_disconnect(error, connection, cursor)
+        if invalidated:
+            connection.invalidate(error)
+        raise _wrapped(engine, error, params, invalidated=invalidated) from error
+    finally:
+        if cursor is not None and not cursor.closed:
+            cursor.close()
+        connection.close()
+
+
+def _execute_visit(cursor: Any, info: dict[Any, Any], params: dict[str, object]) -> Any:
+    # The pool keeps `info` with the driver connection; a replaced connection starts empty.
     prepared = info.get(VISIT_STATEMENT_NAME)
     if prepared is not False:
         try:
             if prepared is None:
-                connection.exec_driver_sql(_PREPARE_VISIT)
+                cursor.execute(_PREPARE_VISIT)
                 info[VISIT_STATEMENT_NAME] = True
-            return connection.exec_driver_sql(_EXECUTE_VISIT, params).one()
-        except DBAPIError as error:  # psycopg2 files 26000 under OperationalError, 42P05 under ProgrammingError
-            if getattr(error.orig, "pgcode", None) not in _PREPARED_STATEMENT_LOST:
+            cursor.execute(_EXECUTE_VISIT, params)
+            return cursor.fetchone()
+        except Exception as error:
+            if getattr(error, "pgcode", None) not in _PREPARED_STATEMENT_LOST:
                 raise
             # Not this connection's own server session any more (a pooler such as PgBouncer in
             # transaction mode, or a session reset): nothing ran, so run the statement in full, from now on.
             info[VISIT_STATEMENT_NAME] = False
-    return connection.exec_driver_sql(_PLAIN_VISIT, params).one()
+    cursor.execute(_PLAIN_VISIT, params)
+    return cursor.fetchone()
+
+
+def _wrapped(engine: Engine, error: Exception, params: dict[str, object] | None, *, invalidated: bool) -> Exception:
+    """The driver's error as SQLAlchemy raises it (OperationalError for a refused or dropped connection)."""
+    wrapped = DBAPIError.instance(
+        _PLAIN_VISIT,
+        params,
+        error,
+        engine.dialect.loaded_dbapi.Error,
+        hide_parameters=engine.hide_parameters,
+        connection_invalidated=invalidated,
+        dialect=engine.dialect,
+    )
+    # Only an error marked not to be wrapped (DontWrapMixin) comes back as it was.
+    return wrapped if isinstance(wrapped, Exception) else error
 
 
 def _record_visit_sqlite(connection: Connection, key: bytes, day: dt.date, shard: int) -> VisitResult:

@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 AREAS = (
-    ("psycopg", "driver (psycopg)"),
+    ("site-packages/psycopg", "driver (psycopg)"),
     ("sqlalchemy", "SQLAlchemy"),
     ("jinja2", "templates (Jinja2)"),
     ("prometheus", "metrics (prometheus)"),
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import event
 
     from bench.hello import app as hello
+    from tests.app.helpers import watch_statements
     from tests.conftest import make_config, migrated_app
     from tests.support.postgres import PostgresServer
 
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = app.extensions["tally"].engine
         round_trips: Counter[str] = Counter()
         event.listen(engine, "before_cursor_execute", lambda *_a: round_trips.update(["statement"]))
+        # The visit runs on the driver's cursor, below SQLAlchemy's cursor events (app/counting.py).
+        watch_statements(engine, before=lambda _connection: round_trips.update(["driver statement"]))
         if engine.pool._pre_ping:  # noqa: SLF001 - the pre-ping bypasses cursor events; count it here
             event.listen(engine.pool, "checkout", lambda *_a: round_trips.update(["pre-ping"]))
 

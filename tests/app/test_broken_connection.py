@@ -1,8 +1,8 @@
 """A connection that breaks at any point of a visit is a 503 (nothing stored) or an acknowledged visit.
 
 Each test kills the server process behind the visit's own connection (pg_terminate_backend from a
-second connection, waiting until it is gone) at one point of the visit, chosen with a SQLAlchemy
-event, and checks the answer against what the database holds.
+second connection, waiting until it is gone) at one point of the visit, chosen with a pool event or
+around the driver's statement, and checks the answer against what the database holds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from flask import Flask
 from sqlalchemy import event
 
 from app.counting import VISIT_STATEMENT_NAME
-from tests.app.helpers import database_totals, visits_on_page
+from tests.app.helpers import database_totals, visits_on_page, watch_statements
 from tests.conftest import make_config, migrated_app
 from tests.support.postgres import ExternalPostgres, PostgresServer
 
@@ -24,9 +24,9 @@ ADDRESS = "192.0.2.10"
 POINTS = {
     # After the pool handed the connection out (and after any liveness check): the statement fails.
     "checkout": ("pool", "checkout", 503),
-    "statement": ("engine", "before_cursor_execute", 503),
+    "statement": ("statement", "before", 503),
     # The statement committed and its row came back: the visit is stored, so it must be acknowledged.
-    "after_commit": ("engine", "after_cursor_execute", 200),
+    "after_commit": ("statement", "after", 200),
     "check_in": ("pool", "reset", 200),
 }
 
@@ -50,7 +50,7 @@ class Killer:
 
 
 def _backend_pid(connection: Any) -> int:
-    """The server pid behind a pool's DBAPI connection or an engine's Connection (psycopg2 and 3)."""
+    """The server pid behind a driver connection or a pool's proxy of one (psycopg2 and 3)."""
     dbapi = getattr(connection, "connection", connection)
     dbapi = getattr(dbapi, "dbapi_connection", dbapi)
     pid: int = dbapi.info.backend_pid
@@ -72,7 +72,10 @@ def test_connection_broken_during_a_visit(app: Flask, pg_server: PostgresServer 
     target_name, event_name, expected = POINTS[point]
     engine = app.extensions["tally"].engine
     killer = Killer(pg_server)
-    event.listen(engine.pool if target_name == "pool" else engine, event_name, killer)
+    if target_name == "pool":
+        event.listen(engine.pool, event_name, killer)
+    else:
+        watch_statements(engine, **{event_name: killer})
     assert visit(app)[0] == 200  # the pool holds a live connection now
 
     killer.armed = True
@@ -146,3 +149,25 @@ def test_visit_survives_a_session_it_does_not_own(app: Flask, lost: str) -> None
         assert status == 200, body[:300]
         assert visits_on_page(body) == expected
     assert database_totals(app)["visits"] == 3
+
+
+def test_connection_closed_on_the_client_side_is_a_503(app: Flask) -> None:
+    """psycopg2 reports a connection it closed itself as an InterfaceError, not an OperationalError: the
+    visit, run on the driver connection, must still answer 503 and leave no dead connection in the pool."""
+    engine = app.extensions["tally"].engine
+    assert visit(app)[0] == 200
+    closed: list[int] = []
+
+    def close_once(dbapi_connection: Any, *_args: Any) -> None:
+        if not closed:
+            closed.append(1)
+            dbapi_connection.close()
+
+    event.listen(engine.pool, "checkout", close_once)
+    status, body = visit(app)
+    assert closed
+    assert status == 503, body[:300]
+    assert "Temporarily unavailable" in body
+    status, body = visit(app)
+    assert status == 200, body[:300]
+    assert visits_on_page(body) == 2

@@ -7,6 +7,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy import event
 
+from tests.app.helpers import watch_statements
 from tests.conftest import make_config, migrated_app
 
 
@@ -22,6 +23,9 @@ def test_visit_round_trips(pg_database: str) -> None:
     @event.listens_for(engine, "before_cursor_execute")
     def _statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
         statements.append(sql)
+
+    # The visit itself runs on the driver's cursor, below SQLAlchemy's cursor events.
+    watch_statements(engine, before=lambda _connection: statements.append("driver statement"))
 
     # pool_pre_ping checks each connection out with a ping that bypasses cursor events.
     @event.listens_for(engine.pool, "checkout")
