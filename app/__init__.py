@@ -18,7 +18,7 @@ from .logs import REQUEST_ID_HEADER, assign_request_id, configure_logging
 from .metrics import init_metrics
 from .models import db
 from .page import VisitPage
-from .proxies import ForwardedOnlyFromProxies
+from .proxies import OnlyFromProxies
 from .state import Tally
 from .views import bp
 
@@ -48,8 +48,9 @@ def create_app(config: Config | None = None) -> Flask:
     if config.trusted_proxy_hops:
         hops = config.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-        if config.trusted_proxy_networks:
-            app.wsgi_app = ForwardedOnlyFromProxies(app.wsgi_app, config.trusted_proxy_networks)  # type: ignore[method-assign]
+    if config.trusted_proxy_networks:
+        # Outermost: a refused peer never reaches ProxyFix, the metrics or a view.
+        app.wsgi_app = OnlyFromProxies(app.wsgi_app, config.trusted_proxy_networks)  # type: ignore[method-assign]
     if config.database_is_default:
         Path(config.database_url.database or "").parent.mkdir(parents=True, exist_ok=True)
         log.warning(

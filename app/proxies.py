@@ -1,4 +1,4 @@
-"""Which peers may speak for the client: ``X-Forwarded-*`` counts only from a trusted proxy."""
+"""Which peers the app serves: behind a reverse proxy, only the proxy (and the container's own loopback)."""
 
 from __future__ import annotations
 
@@ -11,28 +11,46 @@ if TYPE_CHECKING:
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+REFUSED = b"403 Forbidden: this port serves the reverse proxy only (TRUSTED_PROXY_CIDRS).\n"
 
-class ForwardedOnlyFromProxies:
-    """Drops every ``X-Forwarded-*`` header of a request whose TCP peer is outside ``networks``.
 
-    Wraps werkzeug's ``ProxyFix``, which trusts a number of hops from whoever connects: any container
-    that can reach the app's port could otherwise name any client address and mint visitors."""
+def _peer(remote_addr: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address((remote_addr or "").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+class OnlyFromProxies:
+    """Answers 403 to every peer outside ``networks`` but loopback, before anything is counted.
+
+    Behind Traefik the only legitimate callers of the app's port are the proxy and the container itself
+    (its health check, scripts/deploy.sh's readiness probe). Any other container that can open the port —
+    PostgreSQL shares a network with the replicas — could otherwise send requests that count as visits, and
+    werkzeug's ``ProxyFix`` would let it name any client address. Loopback peers are served with their
+    ``X-Forwarded-*`` headers dropped: nothing inside the container speaks for a visitor."""
 
     def __init__(self, app: WSGIApplication, networks: Iterable[Network]) -> None:
         self.app = app
         self.networks = tuple(networks)
 
-    def _trusted(self, peer: str | None) -> bool:
-        try:
-            address = ipaddress.ip_address((peer or "").split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
-
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
-        if not self._trusted(environ.get("REMOTE_ADDR")):
-            for key in [key for key in environ if key.startswith("HTTP_X_FORWARDED_")]:
-                del environ[key]
+        peer = _peer(environ.get("REMOTE_ADDR"))
+        if peer is not None and any(peer in network for network in self.networks):
+            return self.app(environ, start_response)
+        if peer is None or not peer.is_loopback:
+            start_response(
+                "403 Forbidden",
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(REFUSED))),
+                    ("Cache-Control", "no-store"),
+                ],
+            )
+            return [REFUSED]
+        for key in [key for key in environ if key.startswith("HTTP_X_FORWARDED_")]:
+            del environ[key]
         return self.app(environ, start_response)

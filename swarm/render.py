@@ -48,7 +48,7 @@ DROPPED_SERVICES = {"secrets-init", "restore-pitr"}
 UNSUPPORTED = {"build", "depends_on", "restart", "security_opt", "network_mode", "pid", "profiles", "devices"}
 SOCKET_PROXY_GET = "|services|tasks|nodes|networks|(?:services|tasks|nodes|networks)/[a-zA-Z0-9_.-]+"
 # Prometheus jobs whose targets are one per task: discovered from the Swarm API (service, port, network).
-SWARM_SD_JOBS = {"tally-app": ("app", 9200, "app-metrics"), "node": ("node-exporter", 9100, "monitoring")}
+SWARM_SD_JOBS = {"tally-app": ("app", 9200, "app-metrics"), "node": ("node-exporter", 9100, "scrape-node")}
 CA_FILE = "/run/secrets/db_ca"
 
 

@@ -28,10 +28,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 # Every metrics port of the stack but Prometheus's own: only Prometheus may reach them.
 METRICS = ("node-exporter:9100", "postgres-exporter:9187", "traefik:8082", "app:9200", "blackbox:9115")
-# What each service still shares with a metrics port (docs/security.md, "Known gaps"): Traefik shares edge
-# with blackbox (its probe takes the visitor's path) and app with the replicas' :9200. Grafana meets
-# Traefik on a network of its own, where Traefik's metrics port is not.
-SHARED = {"grafana": {"traefik:8082"}, "traefik": {"traefik:8082", "app:9200", "blackbox:9115"}}
+# What each service still shares with a metrics port besides its own (docs/security.md, "Known gaps"):
+# Traefik shares edge with blackbox (its probe takes the visitor's path) and app with the replicas' :9200;
+# Grafana meets Traefik on a network of its own, where Traefik's metrics entrypoint still listens. Each
+# exporter meets Prometheus on a network of its own: it reaches no other exporter.
+SHARED = {
+    "grafana": {"traefik:8082"},
+    "traefik": {"app:9200", "blackbox:9115"},
+    "blackbox": {"traefik:8082"},
+}
 
 
 def test_every_container_runs_with_its_pids_limit(stack: Stack) -> None:
@@ -59,8 +64,23 @@ def wget(stack: Stack, service: str, url: str) -> bool:
     return result.returncode == 0
 
 
+def http_from_postgres(stack: Stack, address: str, path: str) -> str:
+    """The status line a GET of `address:8000` gets from inside the postgres container (bash's /dev/tcp: the
+    image has no HTTP client), sent with a forged X-Forwarded-For."""
+    script = (
+        'exec 3<>"/dev/tcp/$1/8000" || exit 1\n'
+        'printf "GET %s HTTP/1.1\\r\\nHost: localhost\\r\\nX-Forwarded-For: 203.0.113.77\\r\\n'
+        'Connection: close\\r\\n\\r\\n" "$2" >&3\n'
+        "head -n 1 <&3\n"
+    )
+    result = stack.exec("postgres", "timeout", "10", "bash", "-c", script, "_", address, path, check=False)
+    assert result.returncode == 0, f"postgres cannot open {address}:8000: {result.stderr}"
+    return result.stdout.strip()
+
+
 def test_only_traefik_reaches_the_app_port(stack: Stack) -> None:
-    """A client on edge (where Traefik listens) finds no `app` by name and gets nowhere by address."""
+    """A client on edge (where Traefik listens) finds no `app` by name and gets nowhere by address; PostgreSQL,
+    the one other container that shares a network with the replicas, is refused by the app itself."""
     replicas = stack.container_ids("app")
     assert replicas
     targets = [f"app:{port}" for port in (8000, 9200)] + [
@@ -93,6 +113,14 @@ def test_only_traefik_reaches_the_app_port(stack: Stack) -> None:
     answers = json.loads(out)
     assert answers.pop("postgres:5432") == "connected"
     assert all(answer != "connected" for answer in answers.values()), answers
+    # PostgreSQL shares db-app with the replicas, so it does open :8000 (no network layout can prevent it),
+    # but the app serves only the proxy network: 403, and nothing is counted, forged header or not.
+    before = stats(stack)["total_visits"]
+    for replica in replicas:
+        for path in ("/", "/healthz"):
+            status = http_from_postgres(stack, ip_on(stack, replica, "db-app"), path)
+            assert status.startswith("HTTP/1.1 403"), (replica, path, status)
+    assert stats(stack)["total_visits"] == before
     # And from the monitoring network (Alertmanager, Grafana): neither the page nor the app's metrics.
     for service in ("alertmanager", "grafana"):
         assert wget(stack, service, "http://prometheus:9090/-/healthy"), f"{service}: control failed"
@@ -102,7 +130,7 @@ def test_only_traefik_reaches_the_app_port(stack: Stack) -> None:
 
 def test_only_prometheus_reaches_the_metrics_ports(stack: Stack) -> None:
     node_exporter = stack.container_ids("node-exporter")[0]
-    by_address = f"{ip_on(stack, node_exporter, 'scrape')}:9100"
+    by_address = f"{ip_on(stack, node_exporter, 'scrape-node')}:9100"
     # The python image has no wget: the alert logger gets a client of its own.
     script = (
         "import sys, urllib.request\n"
@@ -116,15 +144,21 @@ def test_only_prometheus_reaches_the_metrics_ports(stack: Stack) -> None:
     urls = [f"http://{target}/metrics" for target in (*METRICS, by_address)]
     reached = stack.exec("alert-logger", "python", "-c", script, "http://alertmanager:9093/-/healthy", *urls).stdout
     assert reached.split() == ["reached", "http://alertmanager:9093/-/healthy"], reached
-    # The controls: Grafana queries Prometheus, Alertmanager reaches it, Traefik its own metrics port.
+    # The controls: Grafana queries Prometheus, Alertmanager reaches it, the others their own metrics port.
     for service, control in (
         ("alertmanager", "http://prometheus:9090/-/healthy"),
         ("grafana", "http://prometheus:9090/-/healthy"),
         ("traefik", "http://127.0.0.1:8082/metrics"),
+        ("node-exporter", "http://127.0.0.1:9100/metrics"),
+        ("postgres-exporter", "http://127.0.0.1:9187/metrics"),
+        ("blackbox", "http://127.0.0.1:9115/metrics"),
     ):
         assert wget(stack, service, control), f"{service}: control failed"
+        own = {target for target in METRICS if target.startswith(f"{service}:")}
+        if service == "node-exporter":
+            own.add(by_address)
         for target in (*METRICS, by_address):
-            if target not in SHARED.get(service, set()):
+            if target not in own | SHARED.get(service, set()):
                 assert not wget(stack, service, f"http://{target}/metrics"), f"{service} reaches {target}"
     # ... while Prometheus scrapes every one of them.
     jobs = {"node", "postgres", "blackbox-https", "traefik", "tally-app"}

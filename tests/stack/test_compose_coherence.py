@@ -254,7 +254,13 @@ def test_graceful_shutdown_fits_in_the_stop_grace_period(services: dict[str, Any
 
 def test_network_isolation(model: dict[str, Any], services: dict[str, Any]) -> None:
     networks = model["networks"]
-    for internal in ("backend", "monitoring", "scrape", "traefik-metrics", "socket"):
+    scrape = {
+        "scrape-postgres": "postgres-exporter",
+        "scrape-node": "node-exporter",
+        "scrape-cadvisor": "cadvisor",
+        "scrape-blackbox": "blackbox",
+    }
+    for internal in ("backend", "monitoring", *scrape, "traefik-metrics", "socket"):
         assert networks[internal].get("internal") is True, internal
     members = {net: {n for n, s in services.items() if net in service_networks(s)} for net in networks}
     assert "postgres" not in members["edge"]
@@ -270,9 +276,11 @@ def test_network_isolation(model: dict[str, Any], services: dict[str, Any]) -> N
     assert members["app"] == {"traefik", "app"}
     assert members["app-metrics"] == {"prometheus", "app"} and networks["app-metrics"].get("internal") is True
     assert set(service_networks(services["app"])) == {"app", "db-app", "app-metrics"}
-    # The exporters' metrics ports are on `scrape`, Traefik's on its own network: no scrape target shares a
-    # network with Grafana or Alertmanager, and Traefik (the one service visitors talk to) reaches no exporter.
-    assert members["scrape"] == {"prometheus", "postgres-exporter", "node-exporter", "cadvisor", "blackbox"}
+    # Each exporter's metrics port is on a network of its own with Prometheus, Traefik's too: no scrape target
+    # shares a network with Grafana, Alertmanager or another exporter, and Traefik (the one service visitors
+    # talk to) reaches no exporter.
+    for network, exporter in scrape.items():
+        assert members[network] == {"prometheus", exporter}, network
     assert members["traefik-metrics"] == {"prometheus", "traefik"}
     assert members["monitoring"] == {"prometheus", "alertmanager", "alert-logger", "grafana"}
     # Alertmanager (no authentication) is off edge; its egress network is its own.

@@ -95,6 +95,16 @@ def test_the_providers_move_to_swarm(stack: dict[str, Any]) -> None:
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     assert jobs["tally-app"]["dockerswarm_sd_configs"][0]["port"] == 9200
     assert "dns_sd_configs" not in jobs["tally-app"]
+    # Each discovered job keeps the tasks' addresses on a network Prometheus shares with that service only.
+
+    def kept(job: str, label: str) -> str:
+        (regex,) = {r["regex"] for r in jobs[job]["relabel_configs"] if r.get("source_labels") == [label]}
+        return str(regex).removeprefix("tally_")
+
+    for job in ("tally-app", "node"):
+        service, network = kept(job, "__meta_dockerswarm_service_name"), kept(job, "__meta_dockerswarm_network_name")
+        members = {name for name, svc in stack["services"].items() if network in (svc.get("networks") or {})}
+        assert members == {"prometheus", service}, (job, network, members)
 
 
 def prometheus_config(stack: dict[str, Any]) -> str:
