@@ -57,15 +57,11 @@ from typing import Any
 import psutil
 import psycopg2
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from app.counting import postgres_visit_sql  # noqa: E402 - the exact statement the app runs
-from app.models import COUNTER_SHARDS  # noqa: E402
-from bench import openloop  # noqa: E402
-from tests.support.gunicorn import base_env, migrate, run_gunicorn  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
+from app.counting import postgres_visit_sql  # the exact statement the app runs
+from app.models import COUNTER_SHARDS
+from bench import openloop
+from harness.gunicorn import base_env, migrate, run_gunicorn
+from harness.postgres import PostgresServer
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH / "results" / "latest.json"

@@ -34,13 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import wait_until
+from harness import REPO_ROOT
+from harness.procs import wait_until
 
 from . import badinput
 from .load import Load
 from .report import DrillResult, Ledger, percent
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REPLICA_ALERT = "AppReplicasBelowMinimum"
 ALERTMANAGER_API = "http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D%22" + REPLICA_ALERT + "%22"
 # 2m `for:` + scrape and evaluation intervals + Alertmanager group_wait.

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from tests.support.procs import free_port, port_open, stop_process, wait_until
+from harness import REPO_ROOT
+from harness.procs import free_port, port_open, stop_process, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_COMPOSE = REPO_ROOT / "compose" / "app.yaml"
 TRAEFIK_DYNAMIC = REPO_ROOT / "traefik" / "dynamic"
 TEMPLATE = Path(__file__).resolve().parent / "haproxy.cfg.tmpl"

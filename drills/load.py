@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import stop_process, wait_until
+from harness import REPO_ROOT
+from harness.procs import stop_process, wait_until
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-REPO_ROOT = LOCUSTFILE.parents[1]
 # Users finish the request they are in when the load stops, so every request that reached the
 # app is in the ledger (a request cut off by Locust could be counted without being recorded).
 STOP_TIMEOUT_S = 15

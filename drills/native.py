@@ -1,6 +1,6 @@
 """The stack of the native drills: real PostgreSQL 15, the app under the production gunicorn config
 (N replicas, each its own gunicorn master on its own port), haproxy in front (drills/lb.py) and,
-when asked, Prometheus + Alertmanager + the alert webhook from tests/support/observability.py.
+when asked, Prometheus + Alertmanager + the alert webhook from harness/observability.py.
 
 Every process is started in its own session and stopped by PID in ``close`` (also on failure).
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import requests
 
-from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
-from tests.support.observability import ObservabilityStack
-from tests.support.postgres import PostgresServer
-from tests.support.procs import free_port, wait_until
+from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
+from harness.observability import ObservabilityStack
+from harness.postgres import PostgresServer
+from harness.procs import free_port, wait_until
 
 from .lb import HAProxy, TraefikService, read_traefik_service
 

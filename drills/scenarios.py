@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support.procs import child_pids, wait_until
+from harness.procs import child_pids, wait_until
 
 from . import badinput
 from .load import Load, LoadResult

@@ -14,16 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Locust imports this file by path; make ``loadtest`` importable whatever the working directory.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import requests
+from locust import events
+from locust.env import Environment
+from locust.runners import WorkerRunner
 
-import requests  # noqa: E402
-from locust import events  # noqa: E402
-from locust.env import Environment  # noqa: E402
-from locust.runners import WorkerRunner  # noqa: E402
-
-from loadtest.shapes import SHAPES, Step, TallyShape, build_plan  # noqa: E402
-from loadtest.users import NewVisitor, ReturningVisitor, StatsReader, VersionChecker, env_flag  # noqa: E402
+from loadtest.shapes import SHAPES, Step, TallyShape, build_plan
+from loadtest.users import NewVisitor, ReturningVisitor, StatsReader, VersionChecker, env_flag
 
 __all__ = ["NewVisitor", "ReturningVisitor", "StatsReader", "VersionChecker", "TallyShape"]
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from app.counting import record_visit, utc_today
-from tests.support.gunicorn import REPO_ROOT, Gunicorn, base_env, migrate, run_gunicorn
+from harness.gunicorn import REPO_ROOT, Gunicorn, base_env, migrate, run_gunicorn
 
 CHROMIUM_FLAGS = (
     "--headless",

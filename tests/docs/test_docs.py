@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.gunicorn import REPO_ROOT
+from harness.procs import free_port
 from tests.support.config_reads import app_env_vars
-from tests.support.gunicorn import REPO_ROOT
-from tests.support.procs import free_port
 
 SKIP_DIRS = {".venv", ".tools", "node_modules", ".git", ".terraform", ".pytest_cache", "results"}
 MARKDOWN = sorted(

@@ -15,8 +15,7 @@ from drills import badinput, compose, lb, scenarios
 from drills.load import parse_ledger
 from drills.report import DrillResult, Ledger, dump
 from drills.run import main
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from harness import REPO_ROOT
 
 
 def app_labels() -> dict[str, str]:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.procs import free_port, wait_until
 from tests.stack.stackutil import REPO, compose_binary, render
-from tests.support.procs import free_port, wait_until
 
 DOCKER_HOME = Path(os.environ.get("TALLY_DOCKER_HOME", "/opt/tally-docker"))
 ENGINE = DOCKER_HOME / "engine"

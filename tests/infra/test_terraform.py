@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TF_ROOT = REPO / "infra" / "terraform"
+from harness import REPO_ROOT
+
+TF_ROOT = REPO_ROOT / "infra" / "terraform"
 MODULE = TF_ROOT / "modules" / "tally"
 EXAMPLE = TF_ROOT / "examples" / "single-server"
 BOOTSTRAP = MODULE / "templates" / "bootstrap.sh"
-DOC = REPO / "docs" / "deploy-aws.md"
-CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
+DOC = REPO_ROOT / "docs" / "deploy-aws.md"
+CHECKOV = REPO_ROOT / ".tools" / "checkov" / "bin" / "checkov"
 
 MODULE_TEST_FILES = sorted(p.name for p in (MODULE / "tests").glob("*.tftest.hcl"))
 
@@ -103,7 +104,7 @@ def example_dir(terraform, tf_env, tf_copy) -> Path:
 
 @pytest.mark.slow
 def test_fmt(terraform):
-    res = _run([terraform, "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_ROOT)], REPO)
+    res = _run([terraform, "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_ROOT)], REPO_ROOT)
     assert res.returncode == 0, f"terraform fmt -check found unformatted files:\n{res.stdout}{res.stderr}"
 
 
@@ -178,7 +179,7 @@ def _checkov_results() -> dict:
         pytest.fail(f"checkov is missing at {CHECKOV} (scripts/install-test-deps.sh creates that venv)")
     res = _run(
         [str(CHECKOV), "-d", str(TF_ROOT), "--framework", "terraform", "--skip-download", "-o", "json"],
-        REPO,
+        REPO_ROOT,
         timeout=600,
     )
     try:
@@ -221,7 +222,7 @@ def test_checkov_skips_are_justified(checkov_report):
 
 def test_bootstrap_shellcheck():
     shellcheck = _tool("shellcheck")
-    res = _run([shellcheck, "--severity=style", str(BOOTSTRAP)], REPO)
+    res = _run([shellcheck, "--severity=style", str(BOOTSTRAP)], REPO_ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from tests.support.observability import (
+from harness.observability import (
     ALERTMANAGER_CONFIG,
     ObservabilityStack,
     load_yaml,

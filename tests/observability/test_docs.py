@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.observability import ALERTMANAGER_CONFIG, REPO_ROOT, load_yaml, require_binary
+from harness.observability import ALERTMANAGER_CONFIG, REPO_ROOT, load_yaml, require_binary
 
 DOC = REPO_ROOT / "docs" / "observability.md"
 MARKER = "<!-- receiver-example -->"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.observability import (
+from harness.observability import (
     GRAFANA_DASHBOARDS,
     REPO_ROOT,
     dashboard_expressions,

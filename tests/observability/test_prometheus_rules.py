@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.observability import (
+from harness.observability import (
     BLACKBOX_CONFIG,
     BLACKBOX_EXPORTER_BIN,
     PROMETHEUS_CONFIG,

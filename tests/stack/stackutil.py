@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-REPO = Path(__file__).resolve().parents[2]
+from harness import REPO_ROOT as REPO
+
 VENV_BIN = Path(sys.executable).parent
 COMPOSE_FILES = [REPO / "compose.yaml", *sorted((REPO / "compose").glob("*.yaml"))]
 DEV_COMPOSE = REPO / "compose.dev.yaml"

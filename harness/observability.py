@@ -43,9 +43,9 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import yaml
 
+from . import REPO_ROOT
 from .procs import free_port, port_open, stop_process, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULES_DIR = PROMETHEUS_DIR / "rules"

@@ -24,9 +24,9 @@ from typing import Any
 import requests
 import yaml
 
+from . import REPO_ROOT
 from .procs import free_port, port_open, stop_process, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EDGE_COMPOSE = REPO_ROOT / "compose" / "edge.yaml"
 APP_COMPOSE = REPO_ROOT / "compose" / "app.yaml"
 DYNAMIC_DIR = REPO_ROOT / "traefik" / "dynamic"

@@ -72,7 +72,7 @@ class PostgresServer(_Admin):
     @classmethod
     def create(cls, max_connections: int = 200, extra_settings: tuple[str, ...] = ()) -> PostgresServer:
         base = Path(tempfile.mkdtemp(prefix="tally-pg-"))
-        os.chmod(base, 0o755)
+        os.chmod(base, 0o755)  # noqa: S103 - the postgres user (runuser) must reach its data dir
         server = cls(
             data_dir=base / "data",
             port=free_port(),

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import requests
 
+from . import REPO_ROOT
 from .procs import free_port, stop_process, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
+TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"  # noqa: S105 - a test key, never deployed
 
 
 @dataclass
