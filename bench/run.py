@@ -62,6 +62,7 @@ from app.models import COUNTER_SHARDS
 from bench import openloop
 from harness.gunicorn import base_env, migrate, run_gunicorn
 from harness.postgres import PostgresServer
+from harness.tools import MissingTool, find_tool
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH / "results" / "latest.json"
@@ -81,10 +82,11 @@ ROUND_KINDS = ("hello", "returning", "new", "pgbench_returning", "pgbench_new")
 
 
 def need(tool: str, hint: str) -> str:
-    found = shutil.which(tool)
-    if not found:
-        raise SystemExit(f"bench: {tool} not found ({hint})")
-    return found
+    """The tool, or one line and exit status 1 (a command-line tool, not a test)."""
+    try:
+        return find_tool(tool, hint)
+    except MissingTool as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
 def run_measured(command: list[str], timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from harness import REPO_ROOT
-from harness.procs import free_port, port_open, stop_process, wait_until
+from harness.procs import free_port, port_open, read_log, start_logged, stop_process
+from harness.tools import find_tool
 
 APP_COMPOSE = REPO_ROOT / "compose" / "app.yaml"
 TRAEFIK_DYNAMIC = REPO_ROOT / "traefik" / "dynamic"
@@ -212,8 +213,7 @@ class HAProxy:
 
     @classmethod
     def start(cls, workdir: Path, servers: Sequence[tuple[str, int]], service: TraefikService | None = None) -> HAProxy:
-        if not Path(HAPROXY_BIN).exists():
-            raise AssertionError(f"{HAPROXY_BIN} is missing: apt-get install haproxy (scripts/install-test-deps.sh)")
+        find_tool(HAPROXY_BIN, "apt-get install haproxy (scripts/install-test-deps.sh)")
         service = service or read_traefik_service()
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -224,33 +224,22 @@ class HAProxy:
         if check.returncode != 0:
             raise AssertionError(f"haproxy rejected {config_path}:\n{check.stdout}{check.stderr}")
         log_path = workdir / "haproxy.log"
-        with log_path.open("ab") as log_file:
-            # -db: foreground, no daemon, so the PID we hold is the proxy itself.
-            process = subprocess.Popen(
-                [HAPROXY_BIN, "-db", "-f", str(config_path)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proxy = cls(process, port, stats_socket, config_path, log_path)
-        try:
-            wait_until(
-                lambda: process.poll() is not None or (port_open(port) and stats_socket.exists()),
-                timeout=15,
-                message="haproxy listening",
-            )
-            if process.poll() is not None:
-                raise AssertionError(f"haproxy exited with {process.returncode}:\n{proxy.log()}")
-        except BaseException:
-            proxy.stop()
-            raise
-        return proxy
+        # -db: foreground, no daemon, so the PID we hold is the proxy itself.
+        process = start_logged(
+            "haproxy",
+            [HAPROXY_BIN, "-db", "-f", str(config_path)],
+            log_path,
+            ready=lambda: port_open(port) and stats_socket.exists(),
+            ready_message="haproxy listening",
+            timeout=15,
+        )
+        return cls(process, port, stats_socket, config_path, log_path)
 
     def stop(self) -> None:
         stop_process(self.process, timeout=10, sig=signal.SIGTERM)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def command(self, line: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

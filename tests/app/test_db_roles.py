@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import make_url
 
 from app import roles
+from harness import REPO_ROOT
 from harness.flask_app import make_config
-from harness.gunicorn import REPO_ROOT, migrate
+from harness.gunicorn import migrate
 from harness.postgres import PostgresServer
 from tests.app.helpers import visits_on_page
 

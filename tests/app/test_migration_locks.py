@@ -13,7 +13,8 @@ import psycopg2
 import pytest
 from sqlalchemy import make_url
 
-from harness.gunicorn import REPO_ROOT, base_env, migrate
+from harness import REPO_ROOT
+from harness.gunicorn import base_env, migrate
 from harness.procs import wait_until
 from tests.app.test_migrations import LEGACY_ROWS, create_legacy_schema
 

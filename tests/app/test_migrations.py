@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+from harness import REPO_ROOT
 from harness.flask_app import make_config, migrated_app
-from harness.gunicorn import REPO_ROOT, base_env, migrate
+from harness.gunicorn import base_env, migrate
 from tests.app.helpers import database_totals, total_on_page
 
 LEGACY_ROWS = [

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from harness import REPO_ROOT
+from harness.tools import find_tool
 
 BACKUP = REPO_ROOT / "backup"
 SCRIPTS = sorted((BACKUP / "bin").iterdir())
@@ -32,16 +30,10 @@ COMMANDS = {
 }
 
 
-def tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    assert found, f"{name} is not installed (scripts/install-test-deps.sh)"
-    return found
-
-
 @pytest.mark.slow
 def test_shellcheck_clean() -> None:
     result = subprocess.run(
-        [tool("shellcheck"), *map(str, SCRIPTS), *map(str, LIBS)], capture_output=True, text=True, check=False
+        [find_tool("shellcheck"), *map(str, SCRIPTS), *map(str, LIBS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -54,7 +46,9 @@ def test_every_command_is_an_executable_bash_script() -> None:
 
 
 def test_hadolint_clean() -> None:
-    result = subprocess.run([tool("hadolint"), str(BACKUP / "Dockerfile")], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [find_tool("hadolint"), str(BACKUP / "Dockerfile")], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

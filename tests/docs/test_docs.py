@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.gunicorn import REPO_ROOT
+from harness import REPO_ROOT
 from harness.procs import free_port
 from tests.support.config_reads import app_env_vars
 

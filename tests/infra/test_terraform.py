@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness import REPO_ROOT
+from harness.tools import INSTALL_DEPS, find_tool
 
 TF_ROOT = REPO_ROOT / "infra" / "terraform"
 MODULE = TF_ROOT / "modules" / "tally"
@@ -29,13 +30,6 @@ DOC = REPO_ROOT / "docs" / "deploy-aws.md"
 CHECKOV = REPO_ROOT / ".tools" / "checkov" / "bin" / "checkov"
 
 MODULE_TEST_FILES = sorted(p.name for p in (MODULE / "tests").glob("*.tftest.hcl"))
-
-
-def _tool(name: str, fallback: str | None = None) -> str:
-    path = shutil.which(name) or (fallback if fallback and os.access(fallback, os.X_OK) else None)
-    if path is None:
-        pytest.fail(f"{name} is not installed (scripts/install-test-deps.sh installs it)")
-    return path
 
 
 def _tail(text: str, limit: int = 6000) -> str:
@@ -49,7 +43,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 
 @pytest.fixture(scope="module")
 def terraform() -> str:
-    return _tool("terraform", "/usr/local/bin/terraform")
+    return find_tool("terraform", INSTALL_DEPS, "/usr/local/bin/terraform")
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +215,7 @@ def test_checkov_skips_are_justified(checkov_report):
 
 
 def test_bootstrap_shellcheck():
-    shellcheck = _tool("shellcheck")
+    shellcheck = find_tool("shellcheck")
     res = _run([shellcheck, "--severity=style", str(BOOTSTRAP)], REPO_ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 

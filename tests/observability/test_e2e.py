@@ -33,10 +33,9 @@ from harness.observability import (
     start_blackbox_exporter,
     start_node_exporter,
     start_postgres_exporter,
-    wait_for,
 )
 from harness.postgres import PostgresServer
-from harness.procs import wait_until
+from harness.procs import wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 

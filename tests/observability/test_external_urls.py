@@ -14,8 +14,8 @@ from harness.observability import (
     start_alertmanager,
     start_prometheus,
     start_webhook_logger,
-    wait_for,
 )
+from harness.procs import wait_for
 from tests.stack.stackutil import flags, render
 
 EXTERNAL = {
