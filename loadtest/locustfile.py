@@ -117,7 +117,7 @@ def _quitting(environment: Environment, **_kwargs: Any) -> None:
 def summarise(environment: Environment) -> dict[str, Any]:
     options = environment.parsed_options
     runner = environment.runner
-    assert runner is not None
+    assert options is not None and runner is not None
     total = runner.stats.total
     requests_made, failures = total.num_requests, total.num_failures
     fail_ratio = failures / requests_made if requests_made else 0.0
@@ -233,7 +233,7 @@ def _annotate_grafana(summary: dict[str, Any]) -> None:
     url, token = os.environ.get("GRAFANA_URL"), os.environ.get("GRAFANA_TOKEN")
     if not url or not token or not summary["started_at"]:
         return
-    body = {
+    body: dict[str, Any] = {
         "time": int(summary["started_at"] * 1000),
         "timeEnd": int(time.time() * 1000),
         "tags": ["loadtest", summary["shape_name"], summary["verdict"].lower()],
