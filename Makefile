@@ -29,10 +29,14 @@ endif
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements.lock requirements-dev.lock
+# The project itself last, editable and without dependencies (the locks brought them): app, harness, bench,
+# drills and loadtest import from any directory. No build isolation: the venv's setuptools and the lock's wheel
+# build it, nothing unpinned is downloaded.
+$(BIN)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(CHECKOV): requirements-checkov.lock

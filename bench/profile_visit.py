@@ -25,10 +25,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 AREAS = (
     ("site-packages/psycopg", "driver (psycopg)"),
@@ -104,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import event
 
     from bench.hello import app as hello
-    from tests.app.helpers import watch_statements
-    from tests.conftest import make_config, migrated_app
-    from tests.support.postgres import PostgresServer
+    from harness.flask_app import make_config, migrated_app, watch_statements
+    from harness.postgres import PostgresServer
 
     pg = PostgresServer.create()
     try:

@@ -57,16 +57,13 @@ from typing import Any
 import psutil
 import psycopg2
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from app.counting import postgres_visit_sql  # noqa: E402 - the exact statement the app runs
-from app.models import COUNTER_SHARDS  # noqa: E402
-from app.seed import seed_visitors  # noqa: E402
-from bench import openloop  # noqa: E402
-from tests.support.gunicorn import base_env, migrate, run_gunicorn  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
+from app.counting import postgres_visit_sql  # the exact statement the app runs
+from app.models import COUNTER_SHARDS
+from app.seed import seed_visitors
+from bench import openloop
+from harness.gunicorn import base_env, migrate, run_gunicorn
+from harness.postgres import PostgresServer
+from harness.tools import MissingTool, find_tool
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH / "results" / "latest.json"
@@ -86,10 +83,11 @@ ROUND_KINDS = ("hello", "returning", "new", "pgbench_returning", "pgbench_new")
 
 
 def need(tool: str, hint: str) -> str:
-    found = shutil.which(tool)
-    if not found:
-        raise SystemExit(f"bench: {tool} not found ({hint})")
-    return found
+    """The tool, or one line and exit status 1 (a command-line tool, not a test)."""
+    try:
+        return find_tool(tool, hint)
+    except MissingTool as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
 def run_measured(command: list[str], timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -32,15 +32,16 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from tests.support.procs import wait_until
+from harness import REPO_ROOT
+from harness.procs import wait_for
 
 from . import badinput
 from .load import Load
 from .report import DrillResult, Ledger, percent
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REPLICA_ALERT = "AppReplicasBelowMinimum"
 ALERTMANAGER_API = "http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D%22" + REPLICA_ALERT + "%22"
 # 2m `for:` + scrape and evaluation intervals + Alertmanager group_wait.
@@ -187,12 +188,10 @@ class ComposeDrills:
             time.sleep(seconds)  # a measurement window under load, not synchronisation
 
     def _wait(self, predicate: Callable[[], bool], timeout: float, message: str) -> float:
-        started = time.monotonic()
         if self.dry_run:
             predicate()
-        else:
-            wait_until(predicate, timeout=timeout, interval=1, message=message)
-        return round(time.monotonic() - started, 1)
+            return 0.0
+        return round(wait_for(predicate, timeout, message, interval=1)[1], 1)
 
     def _visits(self) -> int:
         return int(self.run(self.commands.psql("SELECT coalesce(sum(visits), 0) FROM visitors")).strip() or 0)
@@ -278,7 +277,7 @@ class ComposeDrills:
                 self.run(self.commands.drain(container, addresses))
                 self.run(self.commands.stop(container))
                 self.run(self.commands.start(container))
-                self._wait(lambda c=container: self._healthy(c), 120, f"{container} healthy")  # type: ignore[misc]
+                self._wait(partial(self._healthy, container), 120, f"{container} healthy")
                 self._hold(10)  # two Traefik health-check intervals before the next replica goes
             self._hold(self.steady_s)
         finally:

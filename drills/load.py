@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import stop_process, wait_until
+from harness import REPO_ROOT
+from harness.procs import read_log, start_logged, stop_process, wait_ready
+from harness.tools import find_tool
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-REPO_ROOT = LOCUSTFILE.parents[1]
 # Users finish the request they are in when the load stops, so every request that reached the
 # app is in the ledger (a request cut off by Locust could be counted without being recorded).
 STOP_TIMEOUT_S = 15
@@ -78,14 +77,6 @@ def parse_ledger(text: str) -> list[Request]:
     return requests
 
 
-def locust_bin() -> str:
-    candidate = Path(sys.executable).parent / "locust"
-    found = str(candidate) if candidate.exists() else shutil.which("locust")
-    if not found:
-        raise AssertionError("locust is missing: make venv (requirements-dev)")
-    return found
-
-
 @dataclass
 class Load:
     """One headless Locust process; ``stop`` ends it the way an operator's Ctrl-C would."""
@@ -107,7 +98,7 @@ class Load:
             "LOADTEST_INSECURE": "1" if insecure else "",
         }
         argv = [
-            locust_bin(),
+            find_tool("locust", "make venv (requirements-dev)"),
             "--locustfile",
             str(LOCUSTFILE),
             "--host",
@@ -123,27 +114,20 @@ class Load:
             "--loglevel",
             "WARNING",
         ]
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        process = start_logged("locust", argv, log_path, cwd=REPO_ROOT, env=env, ready=None)
         load = cls(process, ledger, log_path, time.time())
-        try:
-            # Running means requests are being answered, not just that the process exists.
-            wait_until(
-                lambda: process.poll() is not None or len(parse_ledger(ledger.read_text())) >= users,
-                timeout=30,
-                message="locust sending requests",
-            )
-            if process.poll() is not None:
-                raise AssertionError(f"locust exited with {process.returncode}:\n{load.log()[-3000:]}")
-        except BaseException:
-            load.kill()
-            raise
+        # Running means requests are being answered, not just that the process exists.
+        wait_ready(
+            "locust",
+            process,
+            log_path,
+            lambda: len(parse_ledger(ledger.read_text())) >= users,
+            message="locust sending requests",
+        )
         return load
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def alive(self) -> bool:
         return self.process.poll() is None

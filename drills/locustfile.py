@@ -13,17 +13,12 @@ Pacing comes from loadtest/users.py: ``LOADTEST_USER_RPS`` requests per second p
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-# Locust imports this file by path; make the repository importable whatever the working directory.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from locust import events
 
-from locust import events  # noqa: E402
-
-from loadtest.users import NewVisitor, ReturningVisitor, StatsReader  # noqa: E402
+from loadtest.users import NewVisitor, ReturningVisitor, StatsReader
 
 __all__ = ["NewVisitor", "ReturningVisitor", "StatsReader"]
 

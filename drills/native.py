@@ -1,7 +1,7 @@
 """The stack of the native drills: real PostgreSQL 15, the app under the production gunicorn config
 (N replicas, each its own gunicorn master on its own port), the real Traefik in front with the stack's
-own configuration (tests/support/traefik.py) and, when asked, Prometheus + Alertmanager + the alert
-webhook from tests/support/observability.py.
+own configuration (harness/traefik.py) and, when asked, Prometheus + Alertmanager + the alert
+webhook from harness/observability.py.
 
 Every process is started in its own session and stopped by PID in ``close`` (also on failure).
 """
@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import requests
 import urllib3
 
-from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
-from tests.support.observability import ObservabilityStack
-from tests.support.postgres import PostgresServer
-from tests.support.procs import free_port, wait_until
-from tests.support.traefik import Traefik, health_check_bound_s
+from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
+from harness.observability import ObservabilityStack
+from harness.postgres import PostgresServer
+from harness.procs import free_port, wait_for, wait_until
+from harness.traefik import Traefik, health_check_bound_s
 
 DATABASE = "tally"
 REPLICA_ALERT = "AppReplicasBelowMinimum"
@@ -141,15 +141,14 @@ class NativeStack:
 
     def wait_server(self, index: int, up: bool, timeout: float) -> float:
         """Wait until Traefik's health check has taken replica ``index`` in (``up``) or out of rotation."""
-        started = time.monotonic()
         url = self.replica_url(index)
-        wait_until(
+        _, waited = wait_for(
             lambda: self.lb.server_up().get(url) is up,
-            timeout=timeout,
+            timeout,
+            f"Traefik marks {url} {'up' if up else 'down'}",
             interval=0.05,
-            message=f"Traefik marks {url} {'up' if up else 'down'}",
         )
-        return time.monotonic() - started
+        return waited
 
     def replica_url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.envs[index]['PORT']}"
@@ -216,12 +215,12 @@ class NativeStack:
 
     def close(self) -> None:
         errors: list[BaseException] = []
-        steps: list[Callable[[], None]] = []
+        steps: list[Callable[[], object]] = []
         if self.observability is not None:
             steps.append(self.observability.close)
         if self.traefik is not None:
             steps.append(self.traefik.stop)
-        steps += [lambda r=r: r.stop(signal.SIGKILL, timeout=10) for r in self.replicas]  # type: ignore[misc]
+        steps += [partial(r.stop, signal.SIGKILL, timeout=10) for r in self.replicas]
         steps.append(self.pg.destroy)
         for step in steps:
             try:

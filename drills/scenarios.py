@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import requests
 
-from tests.support.procs import child_pids, wait_until
+from harness.procs import child_pids, wait_until
 
 from . import badinput
 from .load import Load, LoadResult
@@ -335,7 +336,7 @@ def conn_exhaustion(workdir: Path, profile: Profile, pool_env: dict[str, str] | 
         recovered = []
         for replica in stack.replicas:
             url = replica.url + "/"
-            wait_until(lambda url=url: get_ok(url), 30, 0.2, f"replica {replica.url} serving again")  # type: ignore[misc]
+            wait_until(partial(get_ok, url), 30, 0.2, f"replica {replica.url} serving again")
             recovered.append(round(time.monotonic() - dropped_at, 2))
         sequential = [requests.get(r.url + "/", timeout=10).status_code for r in stack.replicas for _ in range(20)]
         logs = stack.logs()

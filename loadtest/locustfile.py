@@ -14,16 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Locust imports this file by path; make ``loadtest`` importable whatever the working directory.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import requests
+from locust import events
+from locust.env import Environment
+from locust.runners import WorkerRunner
 
-import requests  # noqa: E402
-from locust import events  # noqa: E402
-from locust.env import Environment  # noqa: E402
-from locust.runners import WorkerRunner  # noqa: E402
-
-from loadtest.shapes import SHAPES, Step, TallyShape, build_plan  # noqa: E402
-from loadtest.users import NewVisitor, ReturningVisitor, StatsReader, VersionChecker, env_flag  # noqa: E402
+from loadtest.shapes import SHAPES, Step, TallyShape, build_plan
+from loadtest.users import NewVisitor, ReturningVisitor, StatsReader, VersionChecker, env_flag
 
 __all__ = ["NewVisitor", "ReturningVisitor", "StatsReader", "VersionChecker", "TallyShape"]
 
@@ -120,7 +117,7 @@ def _quitting(environment: Environment, **_kwargs: Any) -> None:
 def summarise(environment: Environment) -> dict[str, Any]:
     options = environment.parsed_options
     runner = environment.runner
-    assert runner is not None
+    assert options is not None and runner is not None
     total = runner.stats.total
     requests_made, failures = total.num_requests, total.num_failures
     fail_ratio = failures / requests_made if requests_made else 0.0
@@ -236,7 +233,7 @@ def _annotate_grafana(summary: dict[str, Any]) -> None:
     url, token = os.environ.get("GRAFANA_URL"), os.environ.get("GRAFANA_TOKEN")
     if not url or not token or not summary["started_at"]:
         return
-    body = {
+    body: dict[str, Any] = {
         "time": int(summary["started_at"] * 1000),
         "timeEnd": int(time.time() * 1000),
         "tags": ["loadtest", summary["shape_name"], summary["verdict"].lower()],

@@ -236,4 +236,5 @@ class TallyShape(LoadTestShape):
             return None
         if self.plan is None:
             self.plan = build_plan(self.runner.environment.parsed_options)
-        return self.plan.tick(self.get_run_time(), self.runner.stats)
+        # LoadTestShape.get_run_time (inherited from Locust) has no annotations.
+        return self.plan.tick(self.get_run_time(), self.runner.stats)  # type: ignore[no-untyped-call]

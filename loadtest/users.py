@@ -16,8 +16,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+from collections.abc import Callable
 
 from locust import FastHttpUser, between, constant, constant_throughput, task
+from locust.contrib.fasthttp import ResponseContextManager
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 
@@ -34,7 +36,7 @@ def random_public_ipv4() -> str:
             return str(address)
 
 
-def pacing():  # type: ignore[no-untyped-def]
+def pacing() -> Callable[..., float]:
     """Think time between tasks of one user.
 
     ``LOADTEST_USER_RPS`` > 0 makes each user a constant-rate source (users x rate = offered load),
@@ -107,7 +109,7 @@ class VersionChecker(TallyUser):
             _expect_json_with(response, "version")
 
 
-def _expect_json_with(response, key: str) -> None:  # type: ignore[no-untyped-def]
+def _expect_json_with(response: ResponseContextManager, key: str) -> None:
     if response.status_code != 200:
         _fail_status(response)
         return
@@ -120,13 +122,13 @@ def _expect_json_with(response, key: str) -> None:  # type: ignore[no-untyped-de
         response.failure(f"no {key} in the body")
 
 
-def _fail_status(response) -> None:  # type: ignore[no-untyped-def]
+def _fail_status(response: ResponseContextManager) -> None:
     # Status 0 means no HTTP answer at all (refused, reset, TLS verification): say why, not "status 0".
     error = getattr(response, "error", None)
     response.failure(repr(error) if response.status_code == 0 and error else f"status {response.status_code}")
 
 
-def _expect_page(response) -> None:  # type: ignore[no-untyped-def]
+def _expect_page(response: ResponseContextManager) -> None:
     # A 200 that is not the counting page (an error page, a proxy's placeholder) must not pass.
     if response.status_code != 200:
         _fail_status(response)

@@ -8,7 +8,7 @@ mmdc=.tools/node/node_modules/.bin/mmdc
 rm -rf docs/diagrams && mkdir -p docs/diagrams
 .venv/bin/python - <<'PY'
 from pathlib import Path
-from tests.docs.test_docs import DIAGRAMS, mermaid_blocks
+from harness.docs import DIAGRAMS, mermaid_blocks
 for name, source in mermaid_blocks():
     (DIAGRAMS / f"{name}.mmd").write_text(source)
 PY

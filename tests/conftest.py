@@ -11,10 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import create_app
-from app.config import Config, load_config
-from tests.support.gunicorn import TEST_SECRET_KEY
-from tests.support.postgres import ExternalPostgres, PostgresServer
+from harness.flask_app import make_config, migrated_app
+from harness.postgres import ExternalPostgres, PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +35,6 @@ def pg_database(pg_server: PostgresServer | ExternalPostgres) -> Iterator[str]:
     url = pg_server.create_database(name)
     yield url
     pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def make_config(database_url: str, **overrides: str) -> Config:
-    environ = {"TALLY_ENV": "production", "DATABASE_URL": database_url, "SECRET_KEY": TEST_SECRET_KEY} | overrides
-    return load_config(environ)
-
-
-def migrated_app(config: Config) -> Flask:
-    from flask_migrate import upgrade
-
-    app = create_app(config)
-    with app.app_context():
-        upgrade()
-    return app
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

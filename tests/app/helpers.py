@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
-import psycopg2.extensions
 from flask import Flask
-from sqlalchemy import Engine, event, text
+from sqlalchemy import text
 
 from app.buildinfo import VERSION_FILE
 
@@ -44,25 +41,3 @@ def database_totals(app: Flask) -> dict[str, int]:
             )
         ).one()
     return {"visitors": row[0], "visits": row[1], "shard_visitors": row[2], "shard_visits": row[3]}
-
-
-def watch_statements(
-    engine: Engine,
-    before: Callable[[Any], None] | None = None,
-    after: Callable[[Any], None] | None = None,
-) -> None:
-    """Calls ``before``/``after`` with the driver connection around every statement sent on the engine's
-    pooled connections. The visit runs on the driver's cursor itself (app/counting.py), below SQLAlchemy's
-    cursor events, so this watches the cursors the driver hands out."""
-
-    class WatchedCursor(psycopg2.extensions.cursor):
-        def execute(self, query: Any, vars: Any = None) -> None:  # noqa: A002 - psycopg2's own name
-            if before is not None:
-                before(self.connection)
-            super().execute(query, vars)
-            if after is not None:
-                after(self.connection)
-
-    @event.listens_for(engine.pool, "checkout")
-    def _checkout(dbapi_connection: Any, *_args: Any) -> None:
-        dbapi_connection.cursor_factory = WatchedCursor

@@ -14,9 +14,9 @@ from flask import Flask
 from sqlalchemy import event
 
 from app.counting import VISIT_STATEMENT_NAME
-from tests.app.helpers import database_totals, visits_on_page, watch_statements
-from tests.conftest import make_config, migrated_app
-from tests.support.postgres import ExternalPostgres, PostgresServer
+from harness.flask_app import make_config, migrated_app, watch_statements
+from harness.postgres import ExternalPostgres, PostgresServer
+from tests.app.helpers import database_totals, visits_on_page
 
 ADDRESS = "192.0.2.10"
 

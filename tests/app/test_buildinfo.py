@@ -6,7 +6,7 @@ import pytest
 
 from app import create_app
 from app.buildinfo import VersionFileError, load_build_info
-from tests.conftest import make_config
+from harness.flask_app import make_config
 
 SQLITE = "sqlite:///:memory:"
 

@@ -10,8 +10,8 @@ import requests
 from flask import Flask
 
 from app.counting import record_visit
+from harness.gunicorn import base_env, migrate, run_gunicorn
 from tests.app.helpers import database_totals, visits_on_page
-from tests.support.gunicorn import base_env, migrate, run_gunicorn
 
 VISITS = 200
 

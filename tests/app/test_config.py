@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from app.config import DEV_SECRET_KEY, SETTINGS, ConfigError, load_config, load_config_or_exit
-from tests.support.gunicorn import GUNICORN, REPO_ROOT, TEST_SECRET_KEY, base_env, run_gunicorn
+from harness import REPO_ROOT
+from harness.gunicorn import GUNICORN, TEST_SECRET_KEY, base_env, run_gunicorn
 
 PG = "postgresql://tally@db.internal:5432/tally"
 VALID = {"TALLY_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": TEST_SECRET_KEY}

@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from app.config import load_config
-from tests.support.gunicorn import base_env, migrate, run_gunicorn
-from tests.support.postgres import PostgresServer
-from tests.support.procs import wait_until
+from harness.gunicorn import base_env, migrate, run_gunicorn
+from harness.postgres import PostgresServer
+from harness.procs import wait_until
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ import pytest
 from sqlalchemy import make_url
 
 from app import roles
+from harness import REPO_ROOT
+from harness.flask_app import make_config
+from harness.gunicorn import migrate
+from harness.postgres import PostgresServer
 from tests.app.helpers import visits_on_page
-from tests.conftest import make_config
-from tests.support.gunicorn import REPO_ROOT, migrate
-from tests.support.postgres import PostgresServer
 
 PASSWORDS = {
     "DB_APP_PASSWORD": "app-password-0123456789abcdef",

@@ -15,10 +15,10 @@ import requests
 
 from app.db import DEAD_PEER_DETECTION
 from app.watchdog import WEDGED_EXIT_STATUS, RequestWatchdog
-from tests.conftest import make_config, migrated_app
-from tests.support.gunicorn import base_env, migrate, run_gunicorn
-from tests.support.postgres import PostgresServer
-from tests.support.procs import child_pids, wait_until
+from harness.flask_app import make_config, migrated_app
+from harness.gunicorn import base_env, migrate, run_gunicorn
+from harness.postgres import PostgresServer
+from harness.procs import child_pids, wait_until
 
 GUNICORN_TIMEOUT_S = 2
 

@@ -9,8 +9,8 @@ import requests
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.gunicorn import base_env, migrate, run_gunicorn
 from tests.app.helpers import released_version
-from tests.support.gunicorn import base_env, migrate, run_gunicorn
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -13,9 +13,10 @@ import psycopg2
 import pytest
 from sqlalchemy import make_url
 
+from harness import REPO_ROOT
+from harness.gunicorn import base_env, migrate
+from harness.procs import wait_until
 from tests.app.test_migrations import LEGACY_ROWS, create_legacy_schema
-from tests.support.gunicorn import REPO_ROOT, base_env, migrate
-from tests.support.procs import wait_until
 
 RETRY_MESSAGE = "lock not available within"
 

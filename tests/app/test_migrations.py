@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+from harness import REPO_ROOT
+from harness.flask_app import make_config, migrated_app
+from harness.gunicorn import base_env, migrate
 from tests.app.helpers import database_totals, total_on_page
-from tests.conftest import make_config, migrated_app
-from tests.support.gunicorn import REPO_ROOT, base_env, migrate
 
 LEGACY_ROWS = [
     ("1.2.3.4", 10),

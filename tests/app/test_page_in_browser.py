@@ -19,7 +19,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from app.counting import record_visit, utc_today
-from tests.support.gunicorn import REPO_ROOT, Gunicorn, base_env, migrate, run_gunicorn
+from harness import REPO_ROOT
+from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
+from harness.tools import find_tool
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -32,12 +34,6 @@ CHROMIUM_FLAGS = (
     "--disable-quic",
     "--hide-scrollbars",
 )
-
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    assert found, "chromium is not installed (apt install chromium)"
-    return found
 
 
 def keep_for_docs(screenshot: Path, name: str) -> None:
@@ -77,7 +73,14 @@ def browser(pg_database: str, tmp_path: Path) -> Iterator[Browser]:
     env = base_env(pg_database, tmp_path, USER_NAME="Tally Ops", USER_URL="https://example.org/", BUILD_NUMBER="1")
     server = run_gunicorn(env, tmp_path / "gunicorn.log")
     try:
-        yield Browser(server, [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"])
+        yield Browser(
+            server,
+            [
+                find_tool("chromium", "apt install chromium"),
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            ],
+        )
         assert server.log().count('"message": "database unavailable"') == 0
         assert "Traceback" not in server.log()
     finally:

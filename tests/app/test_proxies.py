@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError
+from harness.flask_app import make_config, migrated_app
 from tests.app.helpers import database_totals, visits_on_page
-from tests.conftest import make_config, migrated_app
 
 PROXY_NETWORK = "172.16.240.0/24"
 

@@ -7,8 +7,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy import event
 
-from tests.app.helpers import watch_statements
-from tests.conftest import make_config, migrated_app
+from harness.flask_app import make_config, migrated_app, watch_statements
 
 
 def test_visit_round_trips(pg_database: str) -> None:

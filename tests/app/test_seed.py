@@ -7,8 +7,8 @@ from sqlalchemy import text
 
 from app import seed
 from app.models import COUNTER_SHARDS
+from harness.flask_app import make_config, migrated_app
 from tests.app.helpers import database_totals, total_on_page
-from tests.conftest import make_config, migrated_app
 
 
 @pytest.mark.parametrize("rebuild_key", [False, True], ids=["row-by-row", "key-rebuilt"])

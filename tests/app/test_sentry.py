@@ -14,9 +14,9 @@ import sentry_sdk
 from flask import Flask
 from sqlalchemy import text
 
+from harness.flask_app import make_config, migrated_app
+from harness.procs import wait_until
 from tests.app.helpers import released_version
-from tests.conftest import make_config, migrated_app
-from tests.support.procs import wait_until
 
 
 class Receiver(ThreadingHTTPServer):

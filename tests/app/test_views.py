@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.counting import VisitResult
 from app.page import MAX_PREFIXES, render_visit_page
+from harness.flask_app import make_config, migrated_app
 from tests.app.helpers import database_totals, released_version, total_on_page, visits_on_page
-from tests.conftest import make_config, migrated_app
 
 
 def visit(client: FlaskClient, address: str = "203.0.113.7", **headers: str) -> str:

@@ -15,11 +15,11 @@ import psycopg2
 import pytest
 
 from app.seed import seed_visitors
-from tests.support.gunicorn import migrate
-from tests.support.postgres import SUPERUSER, PostgresServer
+from harness import REPO_ROOT
+from harness.gunicorn import migrate
+from harness.postgres import SUPERUSER, PostgresServer
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "backup" / "bin"
+BIN = REPO_ROOT / "backup" / "bin"
 TEMPLATE = "tally_backup_template"
 RUN_TIMEOUT_S = 120  # deadline of one sidecar command
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import stop_process, wait_until
+from harness.procs import stop_process, wait_until
 
 from .conftest import Sidecar, summary
 

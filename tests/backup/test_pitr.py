@@ -25,9 +25,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from app.counting import record_visit
-from tests.support.gunicorn import migrate
-from tests.support.postgres import SUPERUSER, PostgresServer
-from tests.support.procs import free_port, stop_process, wait_until
+from harness.gunicorn import migrate
+from harness.postgres import SUPERUSER, PostgresServer
+from harness.procs import free_port, stop_process, wait_until
 
 from .conftest import BIN, summary
 from .test_offsite import FAKE_AWS

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-BACKUP = REPO / "backup"
+from harness import REPO_ROOT
+from harness.tools import find_tool
+
+BACKUP = REPO_ROOT / "backup"
 SCRIPTS = sorted((BACKUP / "bin").iterdir())
 LIBS = sorted((BACKUP / "lib").glob("*.sh"))
 COMMANDS = {
@@ -31,16 +30,10 @@ COMMANDS = {
 }
 
 
-def tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    assert found, f"{name} is not installed (scripts/install-test-deps.sh)"
-    return found
-
-
 @pytest.mark.slow
 def test_shellcheck_clean() -> None:
     result = subprocess.run(
-        [tool("shellcheck"), *map(str, SCRIPTS), *map(str, LIBS)], capture_output=True, text=True, check=False
+        [find_tool("shellcheck"), *map(str, SCRIPTS), *map(str, LIBS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -53,7 +46,9 @@ def test_every_command_is_an_executable_bash_script() -> None:
 
 
 def test_hadolint_clean() -> None:
-    result = subprocess.run([tool("hadolint"), str(BACKUP / "Dockerfile")], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [find_tool("hadolint"), str(BACKUP / "Dockerfile")], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -61,7 +56,7 @@ def test_image_is_the_servers_postgres_version_and_runs_the_scheduler_as_non_roo
     dockerfile = (BACKUP / "Dockerfile").read_text()
     base = re.search(r"^FROM (\S+)", dockerfile, re.MULTILINE)
     assert base
-    server = yaml.safe_load((REPO / "compose" / "postgres.yaml").read_text())["services"]["postgres"]["image"]
+    server = yaml.safe_load((REPO_ROOT / "compose" / "postgres.yaml").read_text())["services"]["postgres"]["image"]
     assert base.group(1) == server, "backup image and postgres server must be the same PostgreSQL version"
     assert re.search(r"^USER 999:999$", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["backup-scheduler"]' in dockerfile
@@ -73,7 +68,7 @@ def test_image_is_the_servers_postgres_version_and_runs_the_scheduler_as_non_roo
 
 
 def compose_service() -> dict[str, Any]:
-    service: dict[str, Any] = yaml.safe_load((REPO / "compose" / "backup.yaml").read_text())["services"]["backup"]
+    service: dict[str, Any] = yaml.safe_load((REPO_ROOT / "compose" / "backup.yaml").read_text())["services"]["backup"]
     return service
 
 
@@ -82,7 +77,7 @@ def test_compose_service_wiring() -> None:
     assert svc["build"]["context"] == "../backup"
     assert svc["user"] == "999:999"
     assert svc["extends"] == {"file": "common.yaml", "service": "hardened"}
-    common = yaml.safe_load((REPO / "compose" / "common.yaml").read_text())["services"]["hardened"]
+    common = yaml.safe_load((REPO_ROOT / "compose" / "common.yaml").read_text())["services"]["hardened"]
     assert common["read_only"] is True and common["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in common["security_opt"]
     assert any(entry.startswith("/tmp:") for entry in svc["tmpfs"])
@@ -95,7 +90,7 @@ def test_compose_service_wiring() -> None:
     assert "db_backup_password" in svc.get("secrets", []) or mounted[password_file].get("read_only") is True
     assert svc["environment"]["PGHOST"] == "postgres" and svc["environment"]["PGDATABASE"] == "tally"
     assert "backups:/backups" in svc["volumes"]
-    assert "backups" in yaml.safe_load((REPO / "compose" / "backup.yaml").read_text())["volumes"]
+    assert "backups" in yaml.safe_load((REPO_ROOT / "compose" / "backup.yaml").read_text())["volumes"]
     assert sorted(svc["networks"]) == ["backend"]
     assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert svc["healthcheck"]["test"] == ["CMD", "backup-healthcheck"]
@@ -109,10 +104,10 @@ def test_node_exporter_reads_the_textfile_the_sidecar_writes() -> None:
     svc = compose_service()
     metrics_dir = svc["environment"]["BACKUP_METRICS_DIR"]
     assert f"backup-metrics:{metrics_dir}" in svc["volumes"]
-    monitoring = yaml.safe_load((REPO / "compose" / "monitoring.yaml").read_text())["services"]["node-exporter"]
+    monitoring = yaml.safe_load((REPO_ROOT / "compose" / "monitoring.yaml").read_text())["services"]["node-exporter"]
     flag = next(a for a in monitoring["command"] if a.startswith("--collector.textfile.directory="))
     assert f"backup-metrics:{flag.split('=', 1)[1]}:ro" in monitoring["volumes"]
-    config = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    config = yaml.safe_load((REPO_ROOT / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert "backup" not in jobs and jobs["node"]["static_configs"][0]["targets"] == ["node-exporter:9100"]
     # The image creates the directory node-exporter's uid can read, so a fresh volume inherits it.
@@ -123,7 +118,7 @@ def test_node_exporter_reads_the_textfile_the_sidecar_writes() -> None:
 def test_postgres_accepts_replication_from_the_sidecar() -> None:
     """pg_receivewal/pg_basebackup connect over the backend network as PGUSER: the official image's
     pg_hba.conf allows replication from localhost only, so compose points postgres at ours."""
-    postgres = yaml.safe_load((REPO / "compose" / "postgres.yaml").read_text())["services"]["postgres"]
+    postgres = yaml.safe_load((REPO_ROOT / "compose" / "postgres.yaml").read_text())["services"]["postgres"]
     command = postgres["command"]
     hba = command[
         command.index("hba_file=/etc/postgresql/pg_hba.conf") - 1 : command.index(
@@ -136,7 +131,7 @@ def test_postgres_accepts_replication_from_the_sidecar() -> None:
     user = compose_service()["environment"]["PGUSER"]
     lines = [
         line.split()
-        for line in (REPO / "postgres" / "pg_hba.conf").read_text().splitlines()
+        for line in (REPO_ROOT / "postgres" / "pg_hba.conf").read_text().splitlines()
         if line and not line.startswith("#")
     ]
     assert ["host", "replication", user, "all", "scram-sha-256"] in lines
@@ -145,12 +140,12 @@ def test_postgres_accepts_replication_from_the_sidecar() -> None:
 
 
 def test_point_in_time_restore_service_mounts_the_data_directory_and_never_starts_by_itself() -> None:
-    services = yaml.safe_load((REPO / "compose" / "backup.yaml").read_text())["services"]
+    services = yaml.safe_load((REPO_ROOT / "compose" / "backup.yaml").read_text())["services"]
     pitr = services["restore-pitr"]
     assert pitr["profiles"] == ["restore"]
     assert pitr["entrypoint"] == ["restore"]
     assert pitr["extends"] == {"file": "common.yaml", "service": "oneshot"}
-    data = yaml.safe_load((REPO / "compose" / "postgres.yaml").read_text())["services"]["postgres"]["volumes"][0]
+    data = yaml.safe_load((REPO_ROOT / "compose" / "postgres.yaml").read_text())["services"]["postgres"]["volumes"][0]
     assert data == f"postgres-data:{pitr['environment']['PGDATA']}"
     assert data in pitr["volumes"] and "backups:/backups" in pitr["volumes"]
     # The long-running sidecar never mounts the live data directory.
@@ -160,7 +155,7 @@ def test_point_in_time_restore_service_mounts_the_data_directory_and_never_start
 def test_every_setting_the_scripts_read_is_documented() -> None:
     source = "\n".join(path.read_text() for path in [*SCRIPTS, *LIBS])
     settings = set(re.findall(r"\$\{?(BACKUP_[A-Z_]+)", source)) - {"BACKUP_NOW"}
-    docs = (REPO / "docs" / "backup-restore.md").read_text()
+    docs = (REPO_ROOT / "docs" / "backup-restore.md").read_text()
     missing = sorted(name for name in settings if name not in docs)
     assert not missing, f"docs/backup-restore.md does not mention {missing}"
 
@@ -176,6 +171,6 @@ def test_metric_names_the_alerts_use_are_written() -> None:
         "tally_backup_last_verify_timestamp_seconds",
     }
     assert contract <= written
-    rules = "\n".join(p.read_text() for p in (REPO / "prometheus").rglob("*.yml") if "tests" not in p.parts)
+    rules = "\n".join(p.read_text() for p in (REPO_ROOT / "prometheus").rglob("*.yml") if "tests" not in p.parts)
     used = set(re.findall(r"\btally_backup_\w+", rules))
     assert used <= written, f"rules use metrics the sidecar never writes: {sorted(used - written)}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.procs import free_port, stop_process, wait_until
+from harness.procs import free_port, stop_process, wait_until
 
 from .conftest import RUN_TIMEOUT_S, Sidecar, manifest, name_of, summary
 

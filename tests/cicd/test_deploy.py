@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from harness import REPO_ROOT
+
 pytestmark = pytest.mark.slow  # each test runs deploy.sh, which starts the fake `docker` (Python) many times
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "scripts" / "deploy.sh"
+DEPLOY = REPO_ROOT / "scripts" / "deploy.sh"
 FAKE = Path(__file__).with_name("fake_docker.py")
 
 OLD = "registry.example.com:5000/tally/tally:1.2.0-build.50"
@@ -252,7 +253,7 @@ def test_usage_errors(project: Path) -> None:
 
 def test_shellcheck_clean() -> None:
     proc = subprocess.run(
-        ["shellcheck", "--severity=style", str(DEPLOY), str(ROOT / "scripts" / "version.sh")],
+        ["shellcheck", "--severity=style", str(DEPLOY), str(REPO_ROOT / "scripts" / "version.sh")],
         capture_output=True,
         text=True,
     )

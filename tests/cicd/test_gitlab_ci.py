@@ -32,10 +32,11 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
-ROOT = Path(__file__).resolve().parents[2]
-CI_FILE = ROOT / ".gitlab-ci.yml"
-VENV_BIN = ROOT / ".venv" / "bin"
-GCL = ROOT / ".tools" / "node" / "node_modules" / ".bin" / "gitlab-ci-local"
+from harness import REPO_ROOT
+
+CI_FILE = REPO_ROOT / ".gitlab-ci.yml"
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+GCL = REPO_ROOT / ".tools" / "node" / "node_modules" / ".bin" / "gitlab-ci-local"
 
 LINT_TEST_STAGES = {"lint", "test"}
 
@@ -80,7 +81,7 @@ def test_schema_rejects_a_broken_copy(tmp_path: Path) -> None:
 
 def gitlab_ci_local() -> str:
     assert GCL.exists(), (
-        f"{GCL} missing: npm --prefix {ROOT / '.tools/node'} install --save-exact gitlab-ci-local@4.64.1"
+        f"{GCL} missing: npm --prefix {REPO_ROOT / '.tools/node'} install --save-exact gitlab-ci-local@4.64.1"
     )
     assert shutil.which("node"), "node (>=18) is required by gitlab-ci-local"
     return str(GCL)
@@ -95,12 +96,12 @@ def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("pipeline")
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         check=True,
     ).stdout.decode()
     for rel in filter(None, listed.split("\0")):
-        src = ROOT / rel
+        src = REPO_ROOT / rel
         if not src.is_file() or rel.startswith(".gitlab-ci-local"):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ MR_VARS = (
 # A release tag names the version it ships (the `version` job enforces it).
 TAG_VARS = (
     "--variable",
-    f"CI_COMMIT_TAG=v{(ROOT / 'version.txt').read_text().strip()}",
+    f"CI_COMMIT_TAG=v{(REPO_ROOT / 'version.txt').read_text().strip()}",
     "--unset-variable",
     "CI_COMMIT_BRANCH",
 )
@@ -247,7 +248,7 @@ def test_local_jobs_fail_on_bad_input(tmp_path: Path) -> None:
     tree = tmp_path / "broken"
     for rel in (".gitlab-ci.yml", ".yamllint.yaml", ".gitignore", "version.txt", "scripts/version.sh"):
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, tree / rel)
+        shutil.copy2(REPO_ROOT / rel, tree / rel)
     git = ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "-c", "init.defaultBranch=main"]
     subprocess.run([*git, "init", "-q"], cwd=tree, check=True)
     subprocess.run([*git, "add", "-A"], cwd=tree, check=True)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
-REPO = Path(__file__).resolve().parents[2]
-PRE_COMMIT = REPO / ".pre-commit-config.yaml"
+from harness import REPO_ROOT
+
+PRE_COMMIT = REPO_ROOT / ".pre-commit-config.yaml"
 # Lint jobs that need only a tool on the developer's machine; compose-schema, dclint and promtool need the
 # stack's images or npm and stay CI-only (docs/ci-cd.md).
 LOCAL_LINT_JOBS = ("ruff", "mypy", "hadolint", "yamllint", "shellcheck")
@@ -28,7 +29,7 @@ def hooks() -> dict[str, dict[str, Any]]:
 
 def ci_commands(job: str) -> list[list[str]]:
     """The tool invocations of a CI job's script: each command's first word and its options."""
-    pipeline = yaml.safe_load((REPO / ".gitlab-ci.yml").read_text())
+    pipeline = yaml.safe_load((REPO_ROOT / ".gitlab-ci.yml").read_text())
     commands = []
     for line in pipeline[job]["script"]:
         for part in re.split(r"[|;]|&&|<", line):
@@ -68,4 +69,4 @@ def test_hook_tools_exist_where_make_deps_puts_them() -> None:
     for hook_id, hook in hooks().items():
         tool = shlex.split(hook["entry"])[0]
         if tool.startswith(".venv/"):
-            assert (REPO / tool).exists(), f"{hook_id}: {tool} missing (make deps)"
+            assert (REPO_ROOT / tool).exists(), f"{hook_id}: {tool} missing (make deps)"

@@ -14,32 +14,14 @@ from pathlib import Path
 import pytest
 
 from app.config import SETTINGS
-from tests.support.gunicorn import REPO_ROOT
-from tests.support.procs import free_port
+from harness import REPO_ROOT
+from harness.docs import CODE_BLOCK, DIAGRAMS, MARKDOWN, mermaid_blocks
+from harness.docs import doc_name as _id
+from harness.procs import free_port
 
-SKIP_DIRS = {".venv", ".tools", "node_modules", ".git", ".terraform", ".pytest_cache", "results"}
-MARKDOWN = sorted(
-    path for path in REPO_ROOT.rglob("*.md") if not SKIP_DIRS.intersection(path.relative_to(REPO_ROOT).parts)
-)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-CODE_BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 MAKE_TARGET = re.compile(r"(?:^|[\s;&|(])make\s+([a-z][a-z0-9-]*)")
 SCRIPT = re.compile(r"(?:\./)?((?:scripts|drills|bench|loadtest|backup/bin|tests/e2e)/[\w./-]+\.(?:sh|py))")
-DIAGRAMS = REPO_ROOT / "docs" / "diagrams"
-
-
-def _id(path: Path) -> str:
-    return str(path.relative_to(REPO_ROOT))
-
-
-def mermaid_blocks() -> list[tuple[str, str]]:
-    """(name, source) for every Mermaid block; the name is the file's stem plus the block's position."""
-    blocks = []
-    for path in MARKDOWN:
-        sources = [body for lang, body in CODE_BLOCK.findall(path.read_text()) if lang == "mermaid"]
-        stem = _id(path).removesuffix(".md").replace("/", "-")
-        blocks += [(f"{stem}-{number}", source) for number, source in enumerate(sources, start=1)]
-    return blocks
 
 
 def test_there_are_docs_to_check() -> None:

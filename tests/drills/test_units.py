@@ -14,9 +14,7 @@ from drills import badinput, compose, native, scenarios
 from drills.load import parse_ledger
 from drills.report import DrillResult, Ledger, dump
 from drills.run import main
-from tests.support import traefik
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from harness import REPO_ROOT, traefik
 
 
 def app_labels() -> dict[str, str]:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.procs import free_port, start_logged, wait_until
 from tests.stack.stackutil import REPO, compose_binary, render
-from tests.support.procs import free_port, wait_until
 
 DOCKER_HOME = Path(os.environ.get("TALLY_DOCKER_HOME", "/opt/tally-docker"))
 ENGINE = DOCKER_HOME / "engine"
@@ -88,8 +88,8 @@ def start_engine() -> Engine:
         "DOCKER_CONFIG": str(root / "config"),
         "LANG": "C.UTF-8",
     }
-    log = (root / "dockerd.log").open("wb")
-    process = subprocess.Popen(
+    process = start_logged(
+        "dockerd",
         [
             str(dockerd),
             f"--data-root={CACHE / 'docker'}",
@@ -100,12 +100,10 @@ def start_engine() -> Engine:
             # No default docker0 bridge: the stack uses its own networks, builds use the host's network.
             "--bridge=none",
         ],
+        root / "dockerd.log",
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        ready=None,  # awaited below: stop_engine also cleans up what a half-started engine left
     )
-    log.close()
     engine = Engine(root, process, env, lock)
     try:
         wait_until(

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.procs import free_port, wait_until
 from tests.e2e import client
 from tests.e2e.engine import Stack
 from tests.e2e.test_1_stack import services, stats, visit_figure
-from tests.support.procs import free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from harness.procs import wait_until
 from tests.e2e import client
 from tests.e2e.engine import LEFT_OUT, Stack
 from tests.stack.stackutil import REPO, render
-from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
+from harness.procs import wait_until
 from tests.e2e.engine import Stack
 from tests.e2e.test_1_stack import stats
-from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -19,10 +19,10 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from drills.load import Load
+from harness.procs import free_port, wait_until
 from tests.e2e import client
 from tests.e2e.engine import ENGINE, OVERRIDE, Engine
 from tests.stack.stackutil import REPO, compose_binary
-from tests.support.procs import free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

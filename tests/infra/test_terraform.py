@@ -19,22 +19,17 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TF_ROOT = REPO / "infra" / "terraform"
+from harness import REPO_ROOT
+from harness.tools import INSTALL_DEPS, find_tool
+
+TF_ROOT = REPO_ROOT / "infra" / "terraform"
 MODULE = TF_ROOT / "modules" / "tally"
 EXAMPLE = TF_ROOT / "examples" / "single-server"
 BOOTSTRAP = MODULE / "templates" / "bootstrap.sh"
-DOC = REPO / "docs" / "deploy-aws.md"
-CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
+DOC = REPO_ROOT / "docs" / "deploy-aws.md"
+CHECKOV = REPO_ROOT / ".tools" / "checkov" / "bin" / "checkov"
 
 MODULE_TEST_FILES = sorted(p.name for p in (MODULE / "tests").glob("*.tftest.hcl"))
-
-
-def _tool(name: str, fallback: str | None = None) -> str:
-    path = shutil.which(name) or (fallback if fallback and os.access(fallback, os.X_OK) else None)
-    if path is None:
-        pytest.fail(f"{name} is not installed (scripts/install-test-deps.sh installs it)")
-    return path
 
 
 def _tail(text: str, limit: int = 6000) -> str:
@@ -48,7 +43,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 
 @pytest.fixture(scope="module")
 def terraform() -> str:
-    return _tool("terraform", "/usr/local/bin/terraform")
+    return find_tool("terraform", INSTALL_DEPS, "/usr/local/bin/terraform")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +98,7 @@ def example_dir(terraform, tf_env, tf_copy) -> Path:
 
 @pytest.mark.slow
 def test_fmt(terraform):
-    res = _run([terraform, "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_ROOT)], REPO)
+    res = _run([terraform, "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_ROOT)], REPO_ROOT)
     assert res.returncode == 0, f"terraform fmt -check found unformatted files:\n{res.stdout}{res.stderr}"
 
 
@@ -178,7 +173,7 @@ def _checkov_results() -> dict:
         pytest.fail(f"checkov is missing at {CHECKOV} (scripts/install-test-deps.sh creates that venv)")
     res = _run(
         [str(CHECKOV), "-d", str(TF_ROOT), "--framework", "terraform", "--skip-download", "-o", "json"],
-        REPO,
+        REPO_ROOT,
         timeout=600,
     )
     try:
@@ -220,8 +215,8 @@ def test_checkov_skips_are_justified(checkov_report):
 
 
 def test_bootstrap_shellcheck():
-    shellcheck = _tool("shellcheck")
-    res = _run([shellcheck, "--severity=style", str(BOOTSTRAP)], REPO)
+    shellcheck = find_tool("shellcheck")
+    res = _run([shellcheck, "--severity=style", str(BOOTSTRAP)], REPO_ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
-from tests.support.postgres import PostgresServer
-from tests.support.procs import free_port
+from harness import REPO_ROOT
+from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
+from harness.postgres import PostgresServer
+from harness.procs import free_port
 
 pytestmark = pytest.mark.slow  # every test runs Locust in a subprocess
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(
     r"^tally-loadtest shape=(?P<shape>\w+) requests=(?P<requests>\d+) failures=(?P<failures>\d+) \([\d.]+%\)"
     r" rps=[\d.]+ p50=\d+ms p95=(?P<p95>\d+)ms p99=\d+ms(?P<knee> knee=\S+)? verdict=(?P<verdict>PASS|FAIL)",

@@ -15,20 +15,20 @@ import pytest
 import requests
 import yaml
 
-from tests.support.observability import (
+from harness.observability import (
     ALERTMANAGER_CONFIG,
     ObservabilityStack,
     load_yaml,
-    require_binary,
     rule_expressions,
-    wait_for,
 )
+from harness.procs import wait_for
+from harness.tools import find_tool
 
 AMTOOL = "/usr/bin/amtool"
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
-    require_binary(AMTOOL)
+    find_tool(AMTOOL)
     return subprocess.run([AMTOOL, *args], capture_output=True, text=True, timeout=30)
 
 

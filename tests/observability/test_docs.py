@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.observability import ALERTMANAGER_CONFIG, REPO_ROOT, load_yaml, require_binary
+from harness import REPO_ROOT
+from harness.observability import ALERTMANAGER_CONFIG, load_yaml
+from harness.tools import find_tool
 
 DOC = REPO_ROOT / "docs" / "observability.md"
 MARKER = "<!-- receiver-example -->"
@@ -39,6 +41,6 @@ def test_receiver_example_is_valid_in_the_shipped_config(entry: dict[str, Any], 
     path = tmp_path / "alertmanager.local.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     result = subprocess.run(
-        [require_binary("/usr/bin/amtool"), "check-config", str(path)], capture_output=True, text=True, timeout=30
+        [find_tool("/usr/bin/amtool"), "check-config", str(path)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
-from tests.support.observability import (
+from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
+from harness.observability import (
     ObservabilityStack,
     Prometheus,
     dashboard_expressions,
@@ -33,10 +33,9 @@ from tests.support.observability import (
     start_blackbox_exporter,
     start_node_exporter,
     start_postgres_exporter,
-    wait_for,
 )
-from tests.support.postgres import PostgresServer
-from tests.support.procs import wait_until
+from harness.postgres import PostgresServer
+from harness.procs import wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import requests
 
-from tests.stack.stackutil import flags, render
-from tests.support.observability import (
+from harness.observability import (
     alertmanager_test_config,
     start_alertmanager,
     start_prometheus,
     start_webhook_logger,
-    wait_for,
 )
+from harness.procs import wait_for
+from tests.stack.stackutil import flags, render
 
 EXTERNAL = {
     "PROMETHEUS_EXTERNAL_URL": "https://ops.example.com/prometheus/",

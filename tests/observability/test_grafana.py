@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.observability import (
+from harness import REPO_ROOT
+from harness.observability import (
     GRAFANA_DASHBOARDS,
-    REPO_ROOT,
     dashboard_expressions,
     iter_panels,
     load_yaml,
     promql_for_test,
-    require_binary,
 )
+from harness.tools import find_tool
 
 GRAFANA = REPO_ROOT / "grafana"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
@@ -117,7 +117,7 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
     path = tmp_path / "dashboards.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = subprocess.run(
-        [require_binary("/usr/bin/promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+        [find_tool("/usr/bin/promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
     names = {f"dashboard:query_{i}": where for i, (where, _) in enumerate(exprs)}
     assert result.returncode == 0, "\n".join(

@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from tests.support.observability import (
+from harness import REPO_ROOT
+from harness.observability import (
     BLACKBOX_CONFIG,
     BLACKBOX_EXPORTER_BIN,
     PROMETHEUS_CONFIG,
     PROMETHEUS_DIR,
-    REPO_ROOT,
     RULES_DIR,
     load_yaml,
-    require_binary,
 )
+from harness.tools import find_tool
 
 PROMTOOL = "/usr/bin/promtool"
 RUNBOOK_BASE = "https://github.com/tally/tally/blob/main/docs/runbooks/"
@@ -42,7 +42,7 @@ TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    require_binary(PROMTOOL)
+    find_tool(PROMTOOL)
     return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -98,7 +98,7 @@ def test_blackbox_module_used_by_prometheus_exists_and_config_is_valid() -> None
     assert {"https_2xx_selfsigned", "https_2xx"} <= set(modules)
     assert modules["https_2xx"]["http"]["tls_config"]["insecure_skip_verify"] is False
     result = subprocess.run(
-        [require_binary(BLACKBOX_EXPORTER_BIN), "--config.check", f"--config.file={BLACKBOX_CONFIG}"],
+        [find_tool(BLACKBOX_EXPORTER_BIN), "--config.check", f"--config.file={BLACKBOX_CONFIG}"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -21,17 +21,12 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-REPO = Path(__file__).resolve().parents[2]
+from harness import REPO_ROOT as REPO
+from harness.tools import require_tool
+
 VENV_BIN = Path(sys.executable).parent
 COMPOSE_FILES = [REPO / "compose.yaml", *sorted((REPO / "compose").glob("*.yaml"))]
 DEV_COMPOSE = REPO / "compose.dev.yaml"
-
-
-def require_tool(path: Path | str | None, name: str, install: str) -> str:
-    """Tools are part of the test contract: missing means FAIL, with the command that installs it."""
-    if path is None or not Path(path).is_file() or not os.access(path, os.X_OK):
-        raise AssertionError(f"{name} not found (looked at {path}); install it: {install}")
-    return str(path)
 
 
 def compose_binary() -> str:

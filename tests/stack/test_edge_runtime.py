@@ -26,10 +26,10 @@ import pytest
 import requests
 import yaml
 
-from tests.support.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
-from tests.support.postgres import PostgresServer
-from tests.support.procs import wait_until
-from tests.support.traefik import DYNAMIC_DIR, HOST, Traefik
+from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
+from harness.postgres import PostgresServer
+from harness.procs import wait_until
+from harness.traefik import DYNAMIC_DIR, HOST, Traefik
 
 from .stackutil import REPO, seconds
 

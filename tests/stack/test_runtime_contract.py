@@ -28,8 +28,8 @@ import psycopg2
 import pytest
 import requests
 
-from tests.support.postgres import PostgresServer
-from tests.support.procs import free_port, stop_process, wait_until
+from harness.postgres import PostgresServer
+from harness.procs import free_port, stop_process, wait_until
 
 from .stackutil import REPO, VENV_BIN, exec_form, final_stage, image_env, render
 

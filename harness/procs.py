@@ -1,4 +1,4 @@
-"""Waiting with a deadline, free ports, and processes that are always stopped by PID."""
+"""Waiting with a deadline, free ports, and processes that log to a file and are always stopped by PID."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -109,3 +109,61 @@ def child_pids(parent: int) -> set[int]:
         if int(fields[1]) == parent and fields[0] != "Z":
             children.add(int(entry))
     return children
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, message: str, interval: float = 0.25) -> tuple[T, float]:
+    """:func:`wait_until` that also says how long it waited, for reports (alert latency, recovery time)."""
+    started = time.monotonic()
+    result = wait_until(predicate, timeout=timeout, interval=interval, message=message)
+    return result, time.monotonic() - started
+
+
+def read_log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_logged(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    ready: Callable[[], object] | None,
+    ready_message: str = "",
+    timeout: float = 30,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own (so :func:`stop_process` reaches its children), stdout and stderr
+    appended to ``log_path``; unless ``ready`` is None, then :func:`wait_ready`."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    if ready is not None:
+        wait_ready(name, process, log_path, ready, message=ready_message, timeout=timeout)
+    return process
+
+
+def wait_ready(
+    name: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    ready: Callable[[], object],
+    *,
+    message: str = "",
+    timeout: float = 30,
+) -> None:
+    """Wait until ``ready()`` is truthy; if ``process`` exits first or the wait times out, kill it and fail
+    with the end of its log."""
+    try:
+        wait_until(lambda: process.poll() is not None or ready(), timeout=timeout, message=message or f"{name} ready")
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{read_log(log_path)[-4000:]}")
+    except BaseException:
+        stop_process(process, timeout=5, sig=signal.SIGKILL)
+        raise

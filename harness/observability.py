@@ -33,7 +33,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +42,10 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import yaml
 
-from .procs import free_port, port_open, stop_process, wait_until
+from . import REPO_ROOT
+from .procs import free_port, port_open, read_log, start_logged, stop_process
+from .tools import find_tool
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULES_DIR = PROMETHEUS_DIR / "rules"
@@ -59,13 +59,6 @@ ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
 POSTGRES_EXPORTER_BIN = "/usr/bin/prometheus-postgres-exporter"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
 BLACKBOX_EXPORTER_BIN = "/usr/bin/prometheus-blackbox-exporter"
-
-
-def require_binary(path: str) -> str:
-    """Missing tools fail the test (contract: never skip)."""
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise AssertionError(f"{path} is missing: run scripts/install-test-deps.sh")
-    return path
 
 
 # --------------------------------------------------------------------------- processes
@@ -89,7 +82,7 @@ class Service:
         return f"127.0.0.1:{self.port}"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -109,24 +102,8 @@ def start_service(
     timeout: float = 30,
 ) -> Service:
     log_path = log_dir / f"{name}.log"
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            argv,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-        )
-    service = Service(name=name, process=process, port=port, log_path=log_path)
-    check = ready or (lambda: port_open(port))
-    try:
-        wait_until(lambda: not service.alive() or check(), timeout=timeout, message=f"{name} ready")
-        if not service.alive():
-            raise AssertionError(f"{name} exited with {process.returncode}:\n{service.log()[-4000:]}")
-    except BaseException:
-        service.stop(signal.SIGKILL)
-        raise
-    return service
+    process = start_logged(name, argv, log_path, env=env, ready=ready or (lambda: port_open(port)), timeout=timeout)
+    return Service(name=name, process=process, port=port, log_path=log_path)
 
 
 def _http_ok(url: str) -> bool:
@@ -155,7 +132,7 @@ def prometheus_test_config(
     are dropped (their exporters are not running). For the blackbox job ``targets`` holds the
     probed URLs and ``blackbox`` the exporter address that the relabelling points at.
     """
-    config = copy.deepcopy(load_yaml(source))
+    config: dict[str, Any] = copy.deepcopy(load_yaml(source))
     config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
     config["rule_files"] = list(rule_files)
     if alertmanager:
@@ -219,7 +196,7 @@ def alertmanager_test_config(
     group_wait stays above zero on purpose: Alertmanager's inhibitor learns about a source alert
     asynchronously, and a zero wait would notify a target alert posted in the same batch before the
     inhibition applies (production uses 10-30s)."""
-    config = copy.deepcopy(load_yaml(source))
+    config: dict[str, Any] = copy.deepcopy(load_yaml(source))
     base = urlsplit(webhook_base)
     for receiver in config.get("receivers", []):
         for hook in receiver.get("webhook_configs", []):
@@ -317,7 +294,8 @@ class Prometheus(Service):
         body: dict[str, Any] = response.json()
         if response.status_code != 200 or body.get("status") != "success":
             raise AssertionError(f"query failed ({response.status_code}): {expr}\n{body.get('error')}")
-        return body["data"]
+        data: dict[str, Any] = body["data"]
+        return data
 
     def samples(self, expr: str) -> list[dict[str, Any]]:
         data = self.query(expr)
@@ -408,7 +386,7 @@ def start_webhook_logger(workdir: Path) -> WebhookLogger:
 
 
 def start_alertmanager(workdir: Path, config: Mapping[str, Any], extra_args: Sequence[str] = ()) -> Alertmanager:
-    require_binary(ALERTMANAGER_BIN)
+    find_tool(ALERTMANAGER_BIN)
     directory = workdir / "alertmanager"
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "alertmanager.yml"
@@ -434,7 +412,7 @@ def start_alertmanager(workdir: Path, config: Mapping[str, Any], extra_args: Seq
 def start_prometheus(
     workdir: Path, config: Mapping[str, Any], *, port: int | None = None, extra_args: Sequence[str] = ()
 ) -> Prometheus:
-    require_binary(PROMETHEUS_BIN)
+    find_tool(PROMETHEUS_BIN)
     directory = workdir / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "prometheus.yml"
@@ -464,7 +442,7 @@ def start_prometheus(
 
 
 def start_postgres_exporter(workdir: Path, dsn_url: str) -> Service:
-    require_binary(POSTGRES_EXPORTER_BIN)
+    find_tool(POSTGRES_EXPORTER_BIN)
     port = free_port()
     env = {"PATH": os.environ.get("PATH", ""), "DATA_SOURCE_NAME": dsn_url}
     return start_service(
@@ -478,7 +456,7 @@ def start_postgres_exporter(workdir: Path, dsn_url: str) -> Service:
 
 
 def start_node_exporter(workdir: Path) -> Service:
-    require_binary(NODE_EXPORTER_BIN)
+    find_tool(NODE_EXPORTER_BIN)
     port = free_port()
     collectors = ["cpu", "meminfo", "filesystem", "loadavg", "diskstats", "netdev"]
     return start_service(
@@ -497,7 +475,7 @@ def start_node_exporter(workdir: Path) -> Service:
 
 
 def start_blackbox_exporter(workdir: Path, config: Path = BLACKBOX_CONFIG) -> Service:
-    require_binary(BLACKBOX_EXPORTER_BIN)
+    find_tool(BLACKBOX_EXPORTER_BIN)
     port = free_port()
     return start_service(
         "blackbox-exporter",
@@ -554,13 +532,6 @@ class ObservabilityStack:
         return "\n".join(f"===== {s.name}\n{s.log()[-3000:]}" for s in self.services())
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.25) -> Any:
-    """wait_until with a slower default poll: the subjects here change once a second at most."""
-    started = time.monotonic()
-    result = wait_until(predicate, timeout=timeout, interval=interval, message=message)
-    return result, time.monotonic() - started
-
-
 __all__ = [
     "Alertmanager",
     "ObservabilityStack",
@@ -579,6 +550,5 @@ __all__ = [
     "start_postgres_exporter",
     "start_prometheus",
     "start_webhook_logger",
-    "wait_for",
     "write_rules",
 ]
