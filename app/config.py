@@ -113,9 +113,10 @@ SETTINGS = (
         "TRUSTED_PROXY_CIDRS",
         str,
         None,
-        "Comma-separated networks the proxy connects from; a request from any other peer has its"
-        " `X-Forwarded-*` headers dropped (compose: the `app` network's subnet, `APP_NETWORK_SUBNET`,"
-        " default `172.16.240.0/24`).",
+        "Comma-separated networks the proxy connects from. When set, the app serves only them and loopback (the"
+        " container's own health check; its `X-Forwarded-*` headers are dropped): any other peer gets 403 and"
+        " nothing is counted (compose: the `app` network's subnet, `APP_NETWORK_SUBNET`, default"
+        " `172.16.240.0/24`).",
         shown_default="— (every peer)",
     ),
     Setting(
