@@ -90,6 +90,15 @@ class Outcome:
     invalid_xff: bool
 
 
+def tls_context(*, verify: bool) -> ssl.SSLContext:
+    """TLS for the corpus; unverified for a stack on its self-signed default certificate."""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 # The one case Traefik answers with its own 500 before the app sees it: a body it cannot read (a bad chunk
 # size; traefik/traefik#11087, docs/security.md "Known gaps"). Reported, nothing is counted.
 UNREADABLE_BODY_CASE = "te-bad-chunk"

@@ -165,7 +165,6 @@ class DryRunner:
         return ""
 
 
-# The corpus case (drills/badinput.py) whose body no proxy can read.
 @dataclass
 class ComposeDrills:
     base_url: str = "https://localhost"
@@ -382,11 +381,7 @@ def _endpoint(base_url: str, insecure: bool) -> tuple[str, int, ssl.SSLContext |
 
     parts = urlsplit(base_url)
     if parts.scheme == "https":
-        context = ssl.create_default_context()
-        if insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return parts.hostname or "localhost", parts.port or 443, context
+        return parts.hostname or "localhost", parts.port or 443, badinput.tls_context(verify=not insecure)
     return parts.hostname or "localhost", parts.port or 80, None
 
 

@@ -94,7 +94,7 @@ class NativeStack:
                 [replica.url for replica in stack.replicas],
                 middleware_overrides=RATE_LIMIT_OVERRIDE,
             )
-            stack.wait_servers_up(timeout=stack.health_check_bound_s() + 5)
+            stack.wait_servers_up(timeout=health_check_bound_s() + 5)
             if alerting:
                 (workdir / "observability").mkdir(exist_ok=True)
                 observability = ObservabilityStack(workdir=workdir / "observability")
@@ -135,13 +135,9 @@ class NativeStack:
     def logs(self) -> str:
         return "\n".join(self.log_path(i).read_text(errors="replace") for i in range(len(self.envs)))
 
-    @staticmethod
-    def health_check_bound_s() -> float:
-        return health_check_bound_s()
-
     def wait_server(self, index: int, up: bool, timeout: float) -> float:
         """Wait until Traefik's health check has taken replica ``index`` in (``up``) or out of rotation."""
-        url = self.replica_url(index)
+        url = self.replicas[index].url  # a restarted replica keeps its port, so its URL
         _, waited = wait_for(
             lambda: self.lb.server_up().get(url) is up,
             timeout,
@@ -149,9 +145,6 @@ class NativeStack:
             interval=0.05,
         )
         return waited
-
-    def replica_url(self, index: int) -> str:
-        return f"http://127.0.0.1:{self.envs[index]['PORT']}"
 
     def wait_servers_up(self, timeout: float) -> None:
         for index in range(len(self.replicas)):

@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from harness.procs import child_pids, wait_until
+from harness.traefik import health_check_bound_s
 
 from . import badinput
 from .load import Load, LoadResult
@@ -104,14 +105,14 @@ def replica_loss(workdir: Path, profile: Profile) -> DrillResult:
             hold(profile.steady_s, load.alive)
             killed_at = time.monotonic()
             stack.replicas[1].stop(signal.SIGKILL)
-            down_after = stack.wait_server(1, False, stack.health_check_bound_s() + 5)
+            down_after = stack.wait_server(1, False, health_check_bound_s() + 5)
             wait_until(
                 lambda: stack.alert_after(mark, "firing"), ALERT_DEADLINE_S, 0.25, "replica alert at the webhook"
             )
             fired_after = time.monotonic() - killed_at
             restarted_at = time.monotonic()
             stack.restart(1)
-            back_after = stack.wait_server(1, True, stack.health_check_bound_s() + 5)
+            back_after = stack.wait_server(1, True, health_check_bound_s() + 5)
             wait_until(
                 lambda: stack.alert_after(mark, "firing", "resolved"),
                 ALERT_DEADLINE_S,
@@ -154,12 +155,12 @@ def graceful_restart(workdir: Path, profile: Profile) -> DrillResult:
         try:
             hold(profile.steady_s, load.alive)
             for index in range(len(stack.replicas)):
-                drain_times.append(round(stack.drain(index, stack.health_check_bound_s() + 5), 2))
+                drain_times.append(round(stack.drain(index, health_check_bound_s() + 5), 2))
                 started = time.monotonic()
                 exit_codes.append(stack.replicas[index].stop(signal.SIGTERM, timeout=graceful_timeout + 10))
                 stop_times.append(round(time.monotonic() - started, 2))
                 stack.restart(index)
-                rotation_times.append(round(stack.wait_server(index, True, stack.health_check_bound_s() + 5), 2))
+                rotation_times.append(round(stack.wait_server(index, True, health_check_bound_s() + 5), 2))
                 hold(profile.steady_s / 2, load.alive)
             hold(profile.steady_s / 2, load.alive)
         finally:
@@ -235,7 +236,7 @@ def db_restart(workdir: Path, profile: Profile) -> DrillResult:
         # Longest an answer may take while the database is away: waiting for a pooled connection,
         # then the connect attempt (pre-ping reconnect), plus a second of scheduling slack.
         hang_limit = float(env.get("DB_POOL_TIMEOUT", "3")) + float(env.get("DB_CONNECT_TIMEOUT", "2")) + 1
-        lb_limit = stack.health_check_bound_s() + 1
+        lb_limit = health_check_bound_s() + 1
         before = stack.total_visits()
         load = Load.start(stack.lb.url, workdir / "load", users=profile.users, user_rps=profile.user_rps, insecure=True)
         # /api/stats reads the database and counts nothing: the user-visible recovery, without
@@ -396,12 +397,9 @@ def bad_input(workdir: Path, profile: Profile) -> DrillResult:
     proxy hop, as in compose) and through Traefik over TLS (what the stack's clients reach)."""
     result = DrillResult("bad-input", "native", profile.name)
     with NativeStack.running(workdir, replicas=2) as stack:
-        unverified = ssl.create_default_context()
-        unverified.check_hostname = False
-        unverified.verify_mode = ssl.CERT_NONE
         phases: dict[str, tuple[int, int, ssl.SSLContext | None]] = {
             "direct": (stack.replicas[0].port, badinput.DIRECT_VISITOR_BOUND, None),
-            "via_lb": (stack.lb.ports["websecure"], 1, unverified),
+            "via_lb": (stack.lb.ports["websecure"], 1, badinput.tls_context(verify=False)),
         }
         for phase, (port, visitor_bound, tls) in phases.items():
             visitors_before, visits_before = stack.total_visitors(), stack.total_visits()
