@@ -27,6 +27,7 @@ MIN_SECRET_KEY_LENGTH = 32
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "example", "placeholder")
 DEV_SECRET_KEY = "development-only-insecure-secret-key-do-not-deploy"  # noqa: S105 - refused in production
 DEV_DATABASE_PATH = Path("instance") / "tally-dev.sqlite3"
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class ConfigError(ValueError):
@@ -74,7 +75,8 @@ SETTINGS = (
         "DATABASE_URL",
         str,
         None,
-        "SQLAlchemy URL; `postgres://` accepted. Required when `TALLY_ENV=production`.",
+        "SQLAlchemy URL; `postgres://` accepted. Required when `TALLY_ENV=production`. A managed server: add"
+        " `?sslmode=verify-full&sslrootcert=<CA file>` (checked at start: a libpq sslmode, a readable file).",
         secret=True,
         shown_default="SQLite file (development only)",
     ),
@@ -371,12 +373,31 @@ def _database_url(env: _Environment, environment: str) -> tuple[URL, bool]:
             url = url.set(drivername="postgresql+psycopg2")
         if not url.host or not url.database:
             raise ConfigError("DATABASE_URL", "needs a host and a database name")
+        _check_tls(url)
         password = env.secret("DATABASE_PASSWORD")
         if password is not None:
             if url.password:
                 raise ConfigError("DATABASE_PASSWORD", "the DATABASE_URL already carries a password")
             url = url.set(password=password)
     return url, False
+
+
+def _query_value(url: URL, key: str) -> str | None:
+    value = url.query.get(key)
+    return value[-1] if isinstance(value, tuple) else value
+
+
+def _check_tls(url: URL) -> None:
+    # libpq would say so only at the first connection, and every replica would then answer 503 for ever.
+    mode = _query_value(url, "sslmode")
+    if mode is not None and mode not in SSL_MODES:
+        raise ConfigError("DATABASE_URL", f"sslmode must be one of {', '.join(SSL_MODES)}, got {mode!r}")
+    root = _query_value(url, "sslrootcert")
+    if root is not None and root != "system":  # "system": the OS trust store (libpq 16+)
+        try:
+            Path(root).read_bytes()
+        except OSError as exc:
+            raise ConfigError("DATABASE_URL", f"sslrootcert {root} cannot be read: {exc.strerror}") from None
 
 
 def _secret_key(env: _Environment, environment: str) -> bytes:

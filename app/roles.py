@@ -27,6 +27,10 @@ EXPORTER = "tally_exporter"
 
 _NO_ADMIN = "NOSUPERUSER NOCREATEROLE NOBYPASSRLS"
 _NOTHING_SPECIAL = f"{_NO_ADMIN} NOREPLICATION"
+# A managed server's bootstrap role (CREATEROLE CREATEDB, no superuser) may not even name these; the roles it
+# creates have none of them anyway. The backup role then lacks REPLICATION: no WAL streaming there, the
+# provider's own point-in-time recovery instead (docs/scaling.md, "Managed PostgreSQL").
+_SUPERUSER_ONLY = frozenset({"SUPERUSER", "NOSUPERUSER", "REPLICATION", "NOREPLICATION", "BYPASSRLS", "NOBYPASSRLS"})
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,21 @@ def _cursor(connection: Connection) -> Any:
 
 
 def provision(connection: Connection, passwords: Mapping[str, str]) -> None:
-    """As the bootstrap superuser: create/update every role, give the database, its public schema and
-    every object in it to the owner role. ``passwords`` maps each role's password variable to the value."""
+    """As the bootstrap role: create/update every role, give the database, its public schema and every
+    object in it to the owner role. ``passwords`` maps each role's password variable to the value.
+
+    The bootstrap role is the superuser of our postgres service, or a managed server's CREATEROLE CREATEDB
+    role that owns the database."""
     with _cursor(connection) as cursor:
+        cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        superuser = cursor.fetchone()[0]
         for role in ROLES:
             name = sql.Identifier(role.name)
             cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role.name,))
             verb = sql.SQL("ALTER" if cursor.fetchone() else "CREATE")
-            cursor.execute(sql.SQL("{} ROLE {} {}").format(verb, name, sql.SQL(role.attributes)))
+            words = role.attributes.split()
+            attributes = " ".join(words if superuser else [word for word in words if word not in _SUPERUSER_ONLY])
+            cursor.execute(sql.SQL("{} ROLE {} {}").format(verb, name, sql.SQL(attributes)))
             if role.login_variable:
                 # Only a SCRAM verifier travels (and could reach the server log), never the password.
                 verifier = encrypt_password(
@@ -100,6 +111,10 @@ def provision(connection: Connection, passwords: Mapping[str, str]) -> None:
             for group in role.member_of:
                 cursor.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), name))
         owner = sql.Identifier(OWNER)
+        if not superuser:
+            # Handing the database to the owner and SET ROLE to it take membership, which only a superuser
+            # has without asking.
+            cursor.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(owner))
         cursor.execute("SELECT current_database()")
         database = sql.Identifier(cursor.fetchone()[0])
         cursor.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, owner))

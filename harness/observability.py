@@ -441,10 +441,15 @@ def start_prometheus(
     return Prometheus(**vars(service))
 
 
-def start_postgres_exporter(workdir: Path, dsn_url: str) -> Service:
+def start_postgres_exporter(workdir: Path, dsn_url: str = "", environment: Mapping[str, str] | None = None) -> Service:
+    """On ``dsn_url`` (DATA_SOURCE_NAME) or on what ``environment`` says (DATA_SOURCE_URI, _USER, _PASS_FILE)."""
     find_tool(POSTGRES_EXPORTER_BIN)
     port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "DATA_SOURCE_NAME": dsn_url}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        **({"DATA_SOURCE_NAME": dsn_url} if dsn_url else {}),
+        **(environment or {}),
+    }
     return start_service(
         "postgres-exporter",
         [POSTGRES_EXPORTER_BIN, f"--web.listen-address=127.0.0.1:{port}"],

@@ -245,3 +245,19 @@ def secrets_init_module() -> Any:
 
 def which(name: str) -> str | None:
     return shutil.which(name)
+
+
+def render_stack(tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Swarm stack swarm/render.py writes into ``tmp`` (compose's defaults: an empty .env)."""
+    empty = tmp / "empty.env"
+    empty.write_text("")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "swarm" / "render.py"), "--out", str(tmp)],
+        env={"PATH": "/usr/bin:/bin", "COMPOSE": f"{compose_binary()} --env-file {empty}", **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    stack: dict[str, Any] = yaml.safe_load((tmp / "tally-stack.yaml").read_text())
+    return stack

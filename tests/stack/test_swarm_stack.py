@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from app.config import load_config
 from tests.e2e.engine import ENGINE
-from tests.stack.stackutil import REPO, compose_binary, render, require_tool, service_networks
+from tests.stack.stackutil import REPO, render, render_stack, require_tool, service_networks
 
 SWARM = REPO / "swarm"
 # What swarm/compose.swarm.yaml may set: how Swarm places and rolls services, and how Traefik's ports are
@@ -27,21 +25,6 @@ SHARED = ("image", "environment", "healthcheck", "user", "command", "entrypoint"
 # The Swarm provider's flags stand in for the Docker provider's; the socket proxy lets Prometheus and the
 # Swarm endpoints through (both on purpose, in render.py).
 REWRITTEN_COMMANDS = {"traefik", "socket-proxy"}
-
-
-def render_stack(tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    empty = tmp / "empty.env"
-    empty.write_text("")
-    result = subprocess.run(
-        [sys.executable, str(SWARM / "render.py"), "--out", str(tmp)],
-        env={"PATH": "/usr/bin:/bin", "COMPOSE": f"{compose_binary()} --env-file {empty}", **(env or {})},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    stack: dict[str, Any] = yaml.safe_load((tmp / "tally-stack.yaml").read_text())
-    return stack
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +145,7 @@ def test_a_managed_database_replaces_the_postgres_service(tmp_path: Path) -> Non
     for name in ("app", "migrate", "backup", "postgres-exporter"):
         routed = [net for net in service_networks(services[name]) if "internal" not in stack["networks"][net]]
         assert routed, f"{name} has no network with a route to the managed server"
-    # The app takes the rendered URL as it is: TLS verified against the CA secret.
-    config = load_config(
-        {"DATABASE_URL": app_url, "DATABASE_PASSWORD": "x" * 12, "SECRET_KEY": "k" * 40, "TALLY_ENV": "production"}
-    )
-    assert config.database_url.host == "db.example.com"
-    assert config.database_url.query == {"sslmode": "verify-full", "sslrootcert": "/run/secrets/db_ca"}
+    # That every client works with what is rendered, over verified TLS: test_managed_postgres.py, on a real server.
 
 
 def test_swarm_object_names_are_valid(stack: dict[str, Any]) -> None:
