@@ -456,7 +456,9 @@ def start_postgres_exporter(workdir: Path, dsn_url: str = "", environment: Mappi
         port,
         workdir,
         env=env,
-        ready=lambda: _http_ok(f"http://127.0.0.1:{port}/metrics"),
+        # As compose's health check: serving, whether or not the database answers (a scrape of /metrics
+        # tries it, which takes its time when it fails).
+        ready=lambda: _http_ok(f"http://127.0.0.1:{port}/"),
     )
 
 

@@ -12,7 +12,7 @@ APT_PACKAGES=(
   prometheus-blackbox-exporter
   shellcheck chromium fonts-dejavu-core
   containerd runc tini iptables debootstrap
-  wrk age socat rsync jq curl iproute2 git
+  wrk age socat rsync jq curl iproute2 git openssl
   python3-croniter
 )
 

@@ -36,6 +36,7 @@ from harness.gunicorn import run_gunicorn
 from harness.observability import start_postgres_exporter
 from harness.postgres import SUPERUSER, PostgresServer
 from harness.procs import wait_until
+from harness.tools import find_tool
 from tests.stack.stackutil import render_stack
 
 HOST = "localhost"  # the server certificate's only name
@@ -69,7 +70,7 @@ class ProviderServer(PostgresServer):
 
 
 def openssl(directory: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=30)
+    subprocess.run([find_tool("openssl"), *args], cwd=directory, check=True, capture_output=True, timeout=30)
 
 
 def certificate_authority(directory: Path, name: str) -> Path:
@@ -236,17 +237,24 @@ def test_backups_dump_verify_and_restore_over_tls(migrated: Provider, tmp_path: 
     assert migrated.sql("SELECT count(*) FROM visitors") == before
 
 
-@pytest.mark.slow
-def test_the_exporter_scrapes_over_tls(migrated: Provider, tmp_path: Path) -> None:
-    exporter = start_postgres_exporter(tmp_path, environment=migrated.env("postgres-exporter", tmp_path))
+def exporter_pg_up(env: dict[str, str], workdir: Path, expected: str) -> str:
+    """Waits for the postgres-exporter started with ``env`` to report ``pg_up <expected>``; its log."""
+    exporter = start_postgres_exporter(workdir, environment=env)
     try:
 
-        def up() -> bool:
-            return re.search(r"^pg_up 1$", requests.get(exporter.url + "/metrics", timeout=5).text, re.M) is not None
+        def reported() -> bool:
+            metrics = requests.get(exporter.url + "/metrics", timeout=5).text
+            return re.search(rf"^pg_up {expected}$", metrics, re.M) is not None
 
-        wait_until(up, timeout=30, message="pg_up 1")
+        wait_until(reported, timeout=30, message=f"pg_up {expected}")
     finally:
         exporter.stop()
+    return exporter.log()
+
+
+@pytest.mark.slow
+def test_the_exporter_scrapes_over_tls(migrated: Provider, tmp_path: Path) -> None:
+    exporter_pg_up(migrated.env("postgres-exporter", tmp_path), tmp_path, "1")
 
 
 # --------------------------------------------------------------------------- what must be refused
@@ -280,6 +288,10 @@ def test_a_certificate_from_another_ca_is_refused(provider: Provider, tmp_path: 
     result = sidecar(provider.env("backup", tmp_path, PGSSLROOTCERT=str(provider.wrong_ca)), "backup")
     assert result.returncode == 1
     assert "certificate verify failed" in result.stdout + result.stderr
+    exporter = provider.env("postgres-exporter", tmp_path)
+    uri = exporter["DATA_SOURCE_URI"].replace(f"{provider.secrets}/db_ca", str(provider.wrong_ca))
+    log = exporter_pg_up(exporter | {"DATA_SOURCE_URI": uri}, tmp_path, "0")
+    assert "certificate signed by unknown authority" in log
 
 
 @pytest.mark.slow
@@ -290,6 +302,10 @@ def test_a_name_the_certificate_does_not_hold_is_refused(provider: Provider, tmp
     result = sidecar(provider.env("backup", tmp_path, PGHOST="127.0.0.1"), "backup")
     assert result.returncode == 1
     assert "does not match host name" in result.stdout + result.stderr
+    exporter = provider.env("postgres-exporter", tmp_path)
+    uri = exporter["DATA_SOURCE_URI"].replace(f"{HOST}:", "127.0.0.1:")
+    log = exporter_pg_up(exporter | {"DATA_SOURCE_URI": uri}, tmp_path, "0")
+    assert "cannot validate certificate for 127.0.0.1" in log
 
 
 def test_config_refuses_a_verified_url_without_its_ca_file(tmp_path: Path) -> None:
