@@ -64,6 +64,31 @@ locals {
       Action   = ["kms:GenerateDataKey", "kms:Decrypt"]
       Resource = var.backup_kms_key_arn
     }],
+    # Swarm manager (database = "rds"): publishes the workers' join token,
+    # replacing it when a new manager starts a new swarm, and reads the RDS
+    # master password, decrypted with the database's key through Secrets
+    # Manager only.
+    [for statement in [
+      {
+        Sid      = "SwarmJoinToken"
+        Effect   = "Allow"
+        Action   = ["ssm:PutParameter", "ssm:GetParameter"]
+        Resource = local.swarm_join_parameter_arn
+      },
+      {
+        Sid      = "DatabaseMasterPassword"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = try(aws_db_instance.this[0].master_user_secret[0].secret_arn, "")
+      },
+      {
+        Sid       = "DatabaseMasterPasswordKey"
+        Effect    = "Allow"
+        Action    = ["kms:Decrypt"]
+        Resource  = local.db_kms_key_arn
+        Condition = { StringEquals = { "kms:ViaService" = "secretsmanager.${local.region}.amazonaws.com" } }
+      },
+    ] : statement if local.swarm],
   )
 }
 
