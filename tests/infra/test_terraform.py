@@ -287,10 +287,10 @@ def sandbox(tmp_path):
     return {"env": env, "store": store, "checkout": checkout, "tmp": tmp_path}
 
 
-def _bootstrap(sandbox, snippet: str, **extra_env: str) -> subprocess.CompletedProcess:
+def _bootstrap(sandbox, snippet: str, script: Path = BOOTSTRAP, **extra_env: str) -> subprocess.CompletedProcess:
     env = {**sandbox["env"], **extra_env}
     return subprocess.run(
-        ["bash", "-c", f'source "$1"; {snippet}', "bash", str(BOOTSTRAP)],
+        ["bash", "-c", f'source "$1"; {snippet}', "bash", str(script)],
         env=env,
         capture_output=True,
         text=True,
@@ -479,14 +479,7 @@ esac
 
 def _swarm(sandbox, snippet: str, **extra_env: str) -> subprocess.CompletedProcess:
     _write_exe(sandbox["tmp"] / "bin" / "docker", FAKE_DOCKER)
-    env = {**sandbox["env"], "TALLY_BOOTSTRAP": str(BOOTSTRAP), **extra_env}
-    return subprocess.run(
-        ["bash", "-c", f'source "$1"; {snippet}', "bash", str(SWARM_BOOTSTRAP)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return _bootstrap(sandbox, snippet, SWARM_BOOTSTRAP, TALLY_BOOTSTRAP=str(BOOTSTRAP), **extra_env)
 
 
 def test_swarm_worker_joins_with_the_token_the_manager_published(sandbox):

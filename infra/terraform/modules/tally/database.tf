@@ -110,8 +110,6 @@ resource "aws_db_instance" "this" {
   count = local.rds ? 1 : 0
 
   #checkov:skip=CKV_AWS_118:Enhanced monitoring duplicates the stack's postgres-exporter and Prometheus, and needs a role and CloudWatch costs.
-  #checkov:skip=CKV_AWS_353:Performance Insights is not offered on the small burstable classes this module defaults to; turn it on by hand on larger ones.
-  #checkov:skip=CKV_AWS_354:Performance Insights is off (see CKV_AWS_353), so it has no key to choose.
   identifier_prefix = "${var.name}-"
   engine            = "postgres"
   engine_version    = "15"
@@ -149,6 +147,10 @@ resource "aws_db_instance" "this" {
   auto_minor_version_upgrade          = true
   iam_database_authentication_enabled = true
   enabled_cloudwatch_logs_exports     = ["postgresql", "upgrade"]
+  # 7 days of query-level load history are free of charge.
+  performance_insights_enabled          = true
+  performance_insights_retention_period = 7
+  performance_insights_kms_key_id       = local.db_kms_key_arn
 
   tags = merge(local.tags, { Name = "${var.name}-db" })
 }

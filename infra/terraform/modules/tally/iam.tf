@@ -4,10 +4,9 @@
 # create once at first boot: never overwrite), and, when enabled, SSM Session
 # Manager. Only the host can use the role (IMDS hop limit 1, compute.tf).
 
-resource "aws_iam_role" "instance" {
-  name_prefix = "${var.name}-server-"
-  description = "Tally server instance role"
-  assume_role_policy = jsonencode({
+locals {
+  # The server's and the swarm workers' roles (swarm.tf).
+  ec2_assume_role_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Effect    = "Allow"
@@ -15,6 +14,12 @@ resource "aws_iam_role" "instance" {
       Action    = "sts:AssumeRole"
     }]
   })
+}
+
+resource "aws_iam_role" "instance" {
+  name_prefix        = "${var.name}-server-"
+  description        = "Tally server instance role"
+  assume_role_policy = local.ec2_assume_role_policy
 
   tags = local.tags
 }

@@ -124,16 +124,9 @@ resource "aws_vpc_security_group_egress_rule" "node_tcp" {
 resource "aws_iam_role" "worker" {
   count = local.workers > 0 ? 1 : 0
 
-  name_prefix = "${var.name}-worker-"
-  description = "Tally swarm worker instance role"
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Principal = { Service = "ec2.amazonaws.com" }
-      Action    = "sts:AssumeRole"
-    }]
-  })
+  name_prefix        = "${var.name}-worker-"
+  description        = "Tally swarm worker instance role"
+  assume_role_policy = local.ec2_assume_role_policy
 
   tags = local.tags
 }

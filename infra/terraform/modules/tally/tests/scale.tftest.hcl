@@ -190,6 +190,16 @@ run "rds_one_host" {
   }
 
   assert {
+    condition = (
+      [for st in jsondecode(aws_iam_role_policy.instance.policy).Statement : st.Resource if st.Sid == "DatabaseMasterPassword"] ==
+      ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!db-0001"] &&
+      [for st in jsondecode(aws_iam_role_policy.instance.policy).Statement : st.Condition if st.Sid == "DatabaseMasterPasswordKey"] ==
+      [{ StringEquals = { "kms:ViaService" = "secretsmanager.eu-west-1.amazonaws.com" } }]
+    )
+    error_message = "The manager may read the RDS master secret only, and use the key only through Secrets Manager."
+  }
+
+  assert {
     condition     = length(aws_instance.worker) == 0 && output.worker_user_data == null
     error_message = "app_hosts = 1: a one-node swarm, no worker."
   }
@@ -278,7 +288,7 @@ run "three_hosts_in_one_swarm" {
 }
 
 # Every rule must catch its own case: each variable listed fails its own
-# validation.
+# validation. (app_hosts > 1 with the container database: validation.tftest.hcl.)
 run "refuses_unsupported_combinations" {
   command = plan
 
@@ -293,14 +303,4 @@ run "refuses_unsupported_combinations" {
   }
 
   expect_failures = [var.create_vpc, var.tally_image, var.backup_age_recipient, var.app_hosts, var.db_backup_retention_days]
-}
-
-run "refuses_several_hosts_with_the_container_database" {
-  command = plan
-
-  variables {
-    app_hosts = 2
-  }
-
-  expect_failures = [var.app_hosts]
 }
