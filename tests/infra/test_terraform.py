@@ -15,12 +15,15 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import REPO_ROOT
 from harness.tools import INSTALL_DEPS, find_tool
+from tests.stack.stackutil import compose_binary
 
 TF_ROOT = REPO_ROOT / "infra" / "terraform"
 MODULE = TF_ROOT / "modules" / "tally"
@@ -522,3 +525,24 @@ def test_swarm_secrets_created_once_and_a_rotated_db_password_swapped(sandbox):
     (secrets / "db_ca").unlink()
     res = _swarm(sandbox, f"create_swarm_secrets {stack}")
     assert res.returncode != 0 and "secret db_ca" in res.stderr and "missing" in res.stderr
+
+
+def test_swarm_manager_provides_every_secret_the_managed_stack_needs(tmp_path):
+    """The manager's secrets (SSM + the RDS password + db_ca) are exactly the rendered stack's."""
+    ssm_names = re.search(r'TALLY_SECRET_NAMES\s*=\s*"([^"]+)"', (MODULE / "compute.tf").read_text()).group(1)
+    (tmp_path / "empty.env").write_text("")
+    res = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "swarm" / "render.py"), "--out", str(tmp_path)],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "COMPOSE": f"{compose_binary()} --env-file {tmp_path / 'empty.env'}",
+            "TALLY_DATABASE_HOST": "tally-0001.abcdefghijkl.eu-west-1.rds.amazonaws.com",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    stack = yaml.safe_load((tmp_path / "tally-stack.yaml").read_text())
+    # postgres_password: write_db_password (Secrets Manager); db_ca: write_db_ca (RDS trust store).
+    assert set(stack["secrets"]) == {*ssm_names.split(), "postgres_password", "db_ca"}
