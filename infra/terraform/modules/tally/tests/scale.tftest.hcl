@@ -190,6 +190,11 @@ run "rds_one_host" {
   }
 
   assert {
+    condition     = length(aws_instance.this.user_data_base64) < 16384
+    error_message = "EC2 user data is limited to 16 KiB: the manager's carries both scripts."
+  }
+
+  assert {
     condition = (
       [for st in jsondecode(aws_iam_role_policy.instance.policy).Statement : st.Resource if st.Sid == "DatabaseMasterPassword"] ==
       ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!db-0001"] &&
