@@ -15,17 +15,21 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import REPO_ROOT
 from harness.tools import INSTALL_DEPS, find_tool
+from tests.stack.stackutil import compose_binary
 
 TF_ROOT = REPO_ROOT / "infra" / "terraform"
 MODULE = TF_ROOT / "modules" / "tally"
 EXAMPLE = TF_ROOT / "examples" / "single-server"
 BOOTSTRAP = MODULE / "templates" / "bootstrap.sh"
+SWARM_BOOTSTRAP = MODULE / "templates" / "swarm.sh"
 DOC = REPO_ROOT / "docs" / "deploy-aws.md"
 CHECKOV = REPO_ROOT / ".tools" / "checkov" / "bin" / "checkov"
 
@@ -136,6 +140,7 @@ def test_module_has_the_expected_test_files():
         "cloud_init.tftest.hcl",
         "dns_monitoring.tftest.hcl",
         "validation.tftest.hcl",
+        "scale.tftest.hcl",
     }
 
 
@@ -216,7 +221,8 @@ def test_checkov_skips_are_justified(checkov_report):
 
 def test_bootstrap_shellcheck():
     shellcheck = find_tool("shellcheck")
-    res = _run([shellcheck, "--severity=style", str(BOOTSTRAP)], REPO_ROOT)
+    # -x: the swarm script sources the bootstrap's functions.
+    res = _run([shellcheck, "-x", "--severity=style", str(BOOTSTRAP), str(SWARM_BOOTSTRAP)], REPO_ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -284,10 +290,10 @@ def sandbox(tmp_path):
     return {"env": env, "store": store, "checkout": checkout, "tmp": tmp_path}
 
 
-def _bootstrap(sandbox, snippet: str, **extra_env: str) -> subprocess.CompletedProcess:
+def _bootstrap(sandbox, snippet: str, script: Path = BOOTSTRAP, **extra_env: str) -> subprocess.CompletedProcess:
     env = {**sandbox["env"], **extra_env}
     return subprocess.run(
-        ["bash", "-c", f'source "$1"; {snippet}', "bash", str(BOOTSTRAP)],
+        ["bash", "-c", f'source "$1"; {snippet}', "bash", str(script)],
         env=env,
         capture_output=True,
         text=True,
@@ -457,3 +463,86 @@ def test_tfvars_example_sets_every_required_variable():
     assert required, "expected required variables (repo_url, repo_ref)"
     for name in required:
         assert re.search(rf"^{name}\s*=", example, re.M), f"terraform.tfvars.example does not set {name}"
+
+
+# --------------------------------------------------------------------------
+# swarm bootstrap (database = "rds"): join and Swarm secrets, with a fake docker
+
+FAKE_DOCKER = r"""#!/bin/bash
+# Fake docker: records argv; Swarm secrets are files $FAKE_SSM_DIR/secret_<name> holding their label.
+printf '%s\n' "$*" >>"$FAKE_SSM_DIR/docker.log"
+case "$1 $2" in
+  "info --format") echo "${FAKE_SWARM_STATE:-inactive}" ;;
+  "secret inspect") [[ -f $FAKE_SSM_DIR/secret_${!#} ]] && cat "$FAKE_SSM_DIR/secret_${!#}" || exit 1 ;;
+  "secret create") printf '%s' "${4#tally.sha256=}" >"$FAKE_SSM_DIR/secret_$5" ;;
+  "secret rm") rm "$FAKE_SSM_DIR/secret_$3" ;;
+esac
+"""
+
+
+def _swarm(sandbox, snippet: str, **extra_env: str) -> subprocess.CompletedProcess:
+    _write_exe(sandbox["tmp"] / "bin" / "docker", FAKE_DOCKER)
+    return _bootstrap(sandbox, snippet, SWARM_BOOTSTRAP, TALLY_BOOTSTRAP=str(BOOTSTRAP), **extra_env)
+
+
+def test_swarm_worker_joins_with_the_token_the_manager_published(sandbox):
+    store = sandbox["store"]
+    (store / "param_tally-swarm_worker-join").write_text("SWMTKN-1-abc 10.42.1.5:2377")
+    res = _swarm(sandbox, "swarm_join", TALLY_SWARM_JOIN_PARAM="/tally-swarm/worker-join")
+    assert res.returncode == 0, res.stderr
+    assert "swarm join --token SWMTKN-1-abc 10.42.1.5:2377" in (store / "docker.log").read_text()
+
+
+def test_swarm_secrets_created_once_and_a_rotated_db_password_swapped(sandbox):
+    store, secrets = sandbox["store"], sandbox["checkout"] / "secrets"
+    secrets.mkdir()
+    for name in ("secret_key", "postgres_password", "db_ca"):
+        (secrets / name).write_text(f"{name}-v1")
+    stack = sandbox["tmp"] / "tally-stack.yaml"
+    stack.write_text(
+        "secrets:\n  secret_key: {external: true}\n  postgres_password: {external: true}\n  db_ca: {external: true}\n"
+    )
+    assert _swarm(sandbox, f"create_swarm_secrets {stack}").returncode == 0
+    assert _swarm(sandbox, f"create_swarm_secrets {stack}").returncode == 0
+    log = (store / "docker.log").read_text()
+    assert sorted(line.split()[-2] for line in log.splitlines() if line.startswith("secret create")) == [
+        "db_ca",
+        "postgres_password",
+        "secret_key",
+    ], log
+    # RDS rotated the master password: migrate (its only reader) goes, the secret is replaced.
+    (secrets / "postgres_password").write_text("postgres_password-v2")
+    res = _swarm(sandbox, f"create_swarm_secrets {stack}")
+    assert res.returncode == 0, res.stderr
+    tail = (store / "docker.log").read_text()[len(log) :]
+    assert "service rm tally_migrate" in tail and "secret rm postgres_password" in tail
+    assert tail.count("secret create") == 1
+    # Any other secret changing is refused: Swarm secrets are immutable.
+    (secrets / "secret_key").write_text("secret_key-v2")
+    res = _swarm(sandbox, f"create_swarm_secrets {stack}")
+    assert res.returncode != 0 and "secret secret_key changed" in res.stderr
+    (secrets / "secret_key").write_text("secret_key-v1")
+    (secrets / "db_ca").unlink()
+    res = _swarm(sandbox, f"create_swarm_secrets {stack}")
+    assert res.returncode != 0 and "secret db_ca" in res.stderr and "missing" in res.stderr
+
+
+def test_swarm_manager_provides_every_secret_the_managed_stack_needs(tmp_path):
+    """The manager's secrets (SSM + the RDS password + db_ca) are exactly the rendered stack's."""
+    ssm_names = re.search(r'TALLY_SECRET_NAMES\s*=\s*"([^"]+)"', (MODULE / "compute.tf").read_text()).group(1)
+    (tmp_path / "empty.env").write_text("")
+    res = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "swarm" / "render.py"), "--out", str(tmp_path)],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "COMPOSE": f"{compose_binary()} --env-file {tmp_path / 'empty.env'}",
+            "TALLY_DATABASE_HOST": "tally-0001.abcdefghijkl.eu-west-1.rds.amazonaws.com",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    stack = yaml.safe_load((tmp_path / "tally-stack.yaml").read_text())
+    # postgres_password: write_db_password (Secrets Manager); db_ca: write_db_ca (RDS trust store).
+    assert set(stack["secrets"]) == {*ssm_names.split(), "postgres_password", "db_ca"}

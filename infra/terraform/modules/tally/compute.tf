@@ -46,7 +46,7 @@ resource "aws_instance" "this" {
   instance_type          = var.instance_type
   availability_zone      = local.availability_zone
   subnet_id              = local.subnet_id
-  vpc_security_group_ids = [aws_security_group.instance.id]
+  vpc_security_group_ids = concat([aws_security_group.instance.id], aws_security_group.node[*].id)
   iam_instance_profile   = aws_iam_instance_profile.instance.name
   key_name               = var.ssh_key_name
   monitoring             = var.detailed_monitoring
@@ -131,6 +131,20 @@ locals {
     TALLY_BACKUP_AGE_RECIPIENT = var.backup_age_recipient
   }
 
+  # database = "rds": the manager runs the rendered Swarm stack against RDS.
+  # The stack's own database roles are generated into SSM like the other
+  # secrets (secrets-init does it on one host); postgres_password is RDS's.
+  swarm_settings = local.swarm ? {
+    TALLY_SECRET_NAMES       = "secret_key grafana_admin_password db_app_password db_backup_password db_exporter_password"
+    TALLY_SWARM_ROLE         = "manager"
+    TALLY_SWARM_JOIN_PARAM   = local.swarm_join_parameter
+    TALLY_DATABASE_HOST      = aws_db_instance.this[0].address
+    TALLY_DB_PASSWORD_SECRET = try(aws_db_instance.this[0].master_user_secret[0].secret_arn, "")
+    TALLY_DB_CA_URL          = local.db_ca_url
+  } : {}
+  # RDS's regional CA bundle, from AWS's trust store (docs/deploy-aws.md).
+  db_ca_url = "https://truststore.pki.rds.amazonaws.com/${local.region}/${local.region}-bundle.pem"
+
   # The backup sidecar sends offsite copies only age-encrypted, so the copy
   # is switched on (bucket + compose overlay) only with a recipient key.
   offsite_backups = var.backup_age_recipient != ""
@@ -156,9 +170,36 @@ locals {
   )
 
   user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
-    bootstrap_env    = join("", [for k in sort(keys(local.bootstrap_settings)) : "${k}='${local.bootstrap_settings[k]}'\n"])
+    bootstrap_env    = local.manager_bootstrap_env
     stack_env        = join("", [for k in sort(keys(local.stack_settings)) : "${k}='${local.stack_settings[k]}'\n"])
     bootstrap_script = file("${path.module}/templates/bootstrap.sh")
     data_mount       = local.data_mount
+    # Swarm mode refuses Docker's live-restore, and ignores security_opt: a
+    # swarm host's daemon sets no-new-privileges for every container instead.
+    # Off, the template renders exactly what it did before swarm support (a
+    # changed user data would replace the server).
+    swarm        = local.swarm
+    swarm_script = local.swarm ? file("${path.module}/templates/swarm.sh") : ""
+  })
+
+  manager_settings      = merge(local.bootstrap_settings, local.swarm_settings)
+  manager_bootstrap_env = join("", [for k in sort(keys(local.manager_settings)) : "${k}='${local.manager_settings[k]}'\n"])
+
+  # A worker installs Docker and joins; it has no data volume, no checkout,
+  # no secrets and no stack.env.
+  worker_settings = {
+    TALLY_AWS_REGION        = local.region
+    TALLY_INSTALL_SSM_AGENT = tostring(var.enable_ssm)
+    TALLY_SWAP_MB           = tostring(var.swap_size_mb)
+    TALLY_SWARM_ROLE        = "worker"
+    TALLY_SWARM_JOIN_PARAM  = local.swarm_join_parameter
+  }
+  worker_user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
+    bootstrap_env    = join("", [for k in sort(keys(local.worker_settings)) : "${k}='${local.worker_settings[k]}'\n"])
+    stack_env        = ""
+    bootstrap_script = file("${path.module}/templates/bootstrap.sh")
+    data_mount       = ""
+    swarm            = true
+    swarm_script     = file("${path.module}/templates/swarm.sh")
   })
 }

@@ -4,10 +4,9 @@
 # create once at first boot: never overwrite), and, when enabled, SSM Session
 # Manager. Only the host can use the role (IMDS hop limit 1, compute.tf).
 
-resource "aws_iam_role" "instance" {
-  name_prefix = "${var.name}-server-"
-  description = "Tally server instance role"
-  assume_role_policy = jsonencode({
+locals {
+  # The server's and the swarm workers' roles (swarm.tf).
+  ec2_assume_role_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Effect    = "Allow"
@@ -15,6 +14,12 @@ resource "aws_iam_role" "instance" {
       Action    = "sts:AssumeRole"
     }]
   })
+}
+
+resource "aws_iam_role" "instance" {
+  name_prefix        = "${var.name}-server-"
+  description        = "Tally server instance role"
+  assume_role_policy = local.ec2_assume_role_policy
 
   tags = local.tags
 }
@@ -64,6 +69,31 @@ locals {
       Action   = ["kms:GenerateDataKey", "kms:Decrypt"]
       Resource = var.backup_kms_key_arn
     }],
+    # Swarm manager (database = "rds"): publishes the workers' join token,
+    # replacing it when a new manager starts a new swarm, and reads the RDS
+    # master password, decrypted with the database's key through Secrets
+    # Manager only.
+    [for statement in [
+      {
+        Sid      = "SwarmJoinToken"
+        Effect   = "Allow"
+        Action   = ["ssm:PutParameter", "ssm:GetParameter"]
+        Resource = local.swarm_join_parameter_arn
+      },
+      {
+        Sid      = "DatabaseMasterPassword"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = try(aws_db_instance.this[0].master_user_secret[0].secret_arn, "")
+      },
+      {
+        Sid       = "DatabaseMasterPasswordKey"
+        Effect    = "Allow"
+        Action    = ["kms:Decrypt"]
+        Resource  = local.db_kms_key_arn
+        Condition = { StringEquals = { "kms:ViaService" = "secretsmanager.${local.region}.amazonaws.com" } }
+      },
+    ] : statement if local.swarm],
   )
 }
 

@@ -9,7 +9,8 @@ data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 
 data "aws_availability_zones" "available" {
-  count = var.availability_zone == null ? 1 : 0
+  # RDS and the swarm workers need the other zones of the region too.
+  count = var.availability_zone == null || var.database == "rds" ? 1 : 0
   state = "available"
 
   filter {
@@ -45,4 +46,13 @@ locals {
   url         = "https://${local.public_host}"
 
   create_dns_record = var.route53_zone_id != null && var.domain != ""
+
+  # database = "rds" runs the stack on Docker Swarm (one node when
+  # app_hosts = 1): the rendered stack is what knows a managed server.
+  rds     = var.database == "rds"
+  swarm   = local.rds
+  workers = var.app_hosts - 1
+  # The server's zone first, then the region's others (at most three).
+  region_zones = local.swarm ? distinct(concat([local.availability_zone], data.aws_availability_zones.available[0].names)) : [local.availability_zone]
+  zones        = slice(local.region_zones, 0, min(3, length(local.region_zones)))
 }

@@ -65,6 +65,42 @@ resource "aws_route_table_association" "public" {
   route_table_id = aws_route_table.public[0].id
 }
 
+# Swarm workers go to the region's other zones: one public subnet each, on
+# the same route table. A worker gets a public address of its own for its
+# outbound traffic (images, packages, SSM) instead of a NAT gateway, which
+# would cost more than a small worker; its security group admits nothing
+# from the internet (swarm.tf).
+resource "aws_subnet" "public_extra" {
+  count = local.swarm && local.workers > 0 ? min(length(var.extra_public_subnet_cidrs), length(local.zones) - 1) : 0
+
+  vpc_id                  = aws_vpc.this[0].id
+  cidr_block              = var.extra_public_subnet_cidrs[count.index]
+  availability_zone       = local.zones[count.index + 1]
+  map_public_ip_on_launch = false
+
+  tags = merge(local.tags, { Name = "${var.name}-public-${local.zones[count.index + 1]}" })
+}
+
+resource "aws_route_table_association" "public_extra" {
+  count = length(aws_subnet.public_extra)
+
+  subnet_id      = aws_subnet.public_extra[count.index].id
+  route_table_id = aws_route_table.public[0].id
+}
+
+# The database's subnets: two zones (RDS requires them, Multi-AZ uses them),
+# no route table association, so only the VPC's local route: no internet.
+resource "aws_subnet" "private" {
+  count = local.rds ? 2 : 0
+
+  vpc_id                  = aws_vpc.this[0].id
+  cidr_block              = var.private_subnet_cidrs[count.index]
+  availability_zone       = local.zones[count.index]
+  map_public_ip_on_launch = false
+
+  tags = merge(local.tags, { Name = "${var.name}-private-${local.zones[count.index]}" })
+}
+
 data "aws_vpc" "default" {
   count   = var.create_vpc ? 0 : 1
   default = true
@@ -92,4 +128,6 @@ data "aws_subnets" "default" {
 locals {
   vpc_id    = var.create_vpc ? aws_vpc.this[0].id : data.aws_vpc.default[0].id
   subnet_id = var.create_vpc ? aws_subnet.public[0].id : data.aws_subnets.default[0].ids[0]
+  # Host i of the swarm (0 = the manager) in zone i modulo the zones used.
+  swarm_subnet_ids = concat([local.subnet_id], aws_subnet.public_extra[*].id)
 }

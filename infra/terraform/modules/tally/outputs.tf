@@ -67,3 +67,23 @@ output "user_data" {
   description = "Rendered cloud-init configuration (contains no secret)."
   value       = local.user_data
 }
+
+output "database_endpoint" {
+  description = "RDS endpoint (host:port) when database = \"rds\" (TALLY_DATABASE_HOST is its host part)."
+  value       = local.rds ? aws_db_instance.this[0].endpoint : null
+}
+
+output "database_master_secret_arn" {
+  description = "Secrets Manager secret holding the RDS master user (tally) and its password, when database = \"rds\"."
+  value       = local.rds ? try(aws_db_instance.this[0].master_user_secret[0].secret_arn, null) : null
+}
+
+output "worker_instance_ids" {
+  description = "EC2 instance ids of the swarm workers (app_hosts - 1 of them)."
+  value       = aws_instance.worker[*].id
+}
+
+output "worker_user_data" {
+  description = "Rendered cloud-init of the swarm workers (contains no secret); null without workers."
+  value       = local.workers > 0 ? local.worker_user_data : null
+}

@@ -27,6 +27,11 @@ variable "create_vpc" {
   description = "true: create a dedicated VPC with one public subnet. false: use the account's default VPC (it must exist in the region)."
   type        = bool
   default     = true
+
+  validation {
+    condition     = var.database == "container" || var.create_vpc
+    error_message = "database = \"rds\" needs create_vpc = true: the module puts the database in private subnets of its own VPC."
+  }
 }
 
 variable "vpc_cidr" {
@@ -211,6 +216,131 @@ variable "swap_size_mb" {
 }
 
 ###############################################################################
+# Scale: managed PostgreSQL and a swarm of app hosts (docs/scaling.md)
+###############################################################################
+
+variable "database" {
+  description = "Where PostgreSQL runs. \"container\": in the stack on the server's data volume (single server, Compose). \"rds\": Amazon RDS for PostgreSQL 15 in private subnets (Multi-AZ, encrypted, automated backups, TLS required); the stack then runs on Docker Swarm (docs/scaling.md, \"Managed PostgreSQL\")."
+  type        = string
+  default     = "container"
+
+  validation {
+    condition     = contains(["container", "rds"], var.database)
+    error_message = "database must be \"container\" or \"rds\"."
+  }
+}
+
+variable "app_hosts" {
+  description = "Number of EC2 hosts running the stack. 1: one server. More: one Docker Swarm of a manager (the Elastic IP, Traefik, Prometheus, Alertmanager, Grafana, the backup sidecar) and app_hosts - 1 workers for app replicas, spread over availability zones. More than 1 needs database = \"rds\": a self-hosted PostgreSQL would pin the data to one host anyway."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.app_hosts >= 1 && var.app_hosts <= 10 && floor(var.app_hosts) == var.app_hosts
+    error_message = "app_hosts must be an integer between 1 and 10."
+  }
+
+  validation {
+    condition     = var.app_hosts == 1 || var.database == "rds"
+    error_message = "app_hosts > 1 needs database = \"rds\": with the database in a container the data stays on one host, so more hosts add no capacity worth their cost (docs/scaling.md)."
+  }
+}
+
+variable "worker_instance_type" {
+  description = "EC2 instance type of the swarm workers (app replicas only). null: instance_type."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.worker_instance_type == null || can(regex("^[a-z][a-z0-9-]*\\.[0-9]*[a-z]+$", var.worker_instance_type))
+    error_message = "worker_instance_type must look like t3.small or m7g.large, or be null."
+  }
+}
+
+variable "extra_public_subnet_cidrs" {
+  description = "CIDRs (inside vpc_cidr) of the public subnets created in further availability zones for the swarm workers, when app_hosts > 1."
+  type        = list(string)
+  default     = ["10.42.2.0/24", "10.42.3.0/24"]
+
+  validation {
+    condition     = alltrue([for c in var.extra_public_subnet_cidrs : can(cidrhost(c, 0))])
+    error_message = "Every entry of extra_public_subnet_cidrs must be an IPv4 CIDR."
+  }
+}
+
+variable "private_subnet_cidrs" {
+  description = "CIDRs (inside vpc_cidr) of the two private subnets, in two availability zones, holding the RDS instance and its Multi-AZ standby. They have no route to the internet."
+  type        = list(string)
+  default     = ["10.42.101.0/24", "10.42.102.0/24"]
+
+  validation {
+    condition     = length(var.private_subnet_cidrs) == 2 && alltrue([for c in var.private_subnet_cidrs : can(cidrhost(c, 0))])
+    error_message = "private_subnet_cidrs must be two IPv4 CIDRs."
+  }
+}
+
+variable "db_instance_class" {
+  description = "RDS instance class when database = \"rds\". db.t4g.small (2 GiB) is about 2 x 24 USD/month with Multi-AZ in eu-west-1; the database ceiling is several times the app's (docs/capacity.md)."
+  type        = string
+  default     = "db.t4g.small"
+
+  validation {
+    condition     = can(regex("^db\\.[a-z0-9]+\\.[0-9]*[a-z]+$", var.db_instance_class))
+    error_message = "db_instance_class must look like db.t4g.small or db.m7g.large."
+  }
+}
+
+variable "db_allocated_storage" {
+  description = "Initial RDS storage in GiB (gp3); storage autoscaling may grow it up to db_max_allocated_storage."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.db_allocated_storage >= 20 && var.db_allocated_storage <= 65536
+    error_message = "db_allocated_storage must be between 20 and 65536 GiB."
+  }
+}
+
+variable "db_max_allocated_storage" {
+  description = "Upper bound in GiB of RDS storage autoscaling."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.db_max_allocated_storage >= var.db_allocated_storage && var.db_max_allocated_storage <= 65536
+    error_message = "db_max_allocated_storage must be at least db_allocated_storage and at most 65536 GiB."
+  }
+}
+
+variable "db_multi_az" {
+  description = "Run the RDS instance with a synchronous standby in a second availability zone (automatic failover, doubles the instance cost)."
+  type        = bool
+  default     = true
+}
+
+variable "db_backup_retention_days" {
+  description = "Days RDS keeps automated backups (daily snapshots + transaction logs: point-in-time recovery inside that window)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.db_backup_retention_days >= 7 && var.db_backup_retention_days <= 35
+    error_message = "db_backup_retention_days must be between 7 and 35."
+  }
+}
+
+variable "db_kms_key_arn" {
+  description = "Customer-managed KMS key for the RDS storage, its snapshots and its master password secret. null: the module creates one (about 1 USD/month)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.db_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:", var.db_kms_key_arn))
+    error_message = "db_kms_key_arn must be a KMS key ARN, or null."
+  }
+}
+
+###############################################################################
 # Application
 ###############################################################################
 
@@ -232,6 +362,11 @@ variable "tally_image" {
   validation {
     condition     = var.tally_image == "" || can(regex("^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$", var.tally_image))
     error_message = "tally_image must be an image reference pinned by digest (...@sha256:<64 hex>), or empty."
+  }
+
+  validation {
+    condition     = var.database == "container" || var.tally_image != ""
+    error_message = "database = \"rds\" runs the stack on Docker Swarm, whose nodes pull images and never build: set tally_image and tally_backup_image (pinned by digest)."
   }
 }
 
@@ -355,6 +490,11 @@ variable "backup_age_recipient" {
   validation {
     condition     = var.backup_age_recipient == "" || can(regex("^age1[02-9ac-hj-np-z]{58}$", var.backup_age_recipient))
     error_message = "backup_age_recipient must be an age X25519 public key (age1 followed by 58 bech32 characters), or empty."
+  }
+
+  validation {
+    condition     = var.database == "container" || var.backup_age_recipient == ""
+    error_message = "backup_age_recipient (offsite copies from the backup sidecar) is not wired for database = \"rds\" yet; RDS keeps its own automated backups (db_backup_retention_days)."
   }
 }
 

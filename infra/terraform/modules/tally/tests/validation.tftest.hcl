@@ -26,6 +26,7 @@ run "refuses_ssh_from_anywhere_and_unsafe_sources" {
     instance_type            = "t3.micro"
     allowed_egress_tcp_ports = [80]
     route53_zone_id          = "Z0123456789ABCDEFGHIJ"
+    app_hosts                = 2
   }
 
   expect_failures = [
@@ -35,6 +36,7 @@ run "refuses_ssh_from_anywhere_and_unsafe_sources" {
     var.instance_type,
     var.allowed_egress_tcp_ports,
     var.route53_zone_id,
+    var.app_hosts,
   ]
 }
 
