@@ -32,7 +32,9 @@ case "${args[0]} ${args[1]}" in
     src=${args[2]} dst=${args[3]}
     [[ $src == s3://* ]] && src=$(local_path "$src")
     [[ $dst == s3://* ]] && { dst=$(local_path "$dst"); mkdir -p "$(dirname "$dst")"; }
-    cp "$src" "$dst" ;;
+    # An S3 object appears whole or not at all: a reader must never see half an upload.
+    part="$(dirname "$dst")/.$(basename "$dst").part.$$"
+    cp "$src" "$part" && mv "$part" "$dst" ;;
   "s3 ls")
     for f in "$(local_path "${args[2]}")"*; do [[ -f $f ]] && echo "2026-01-01 00:00:00 1 $(basename "$f")"; done ;;
   *) echo "fake aws: unsupported $*" >&2; exit 2 ;;
