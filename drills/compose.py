@@ -37,9 +37,9 @@ from pathlib import Path
 
 from harness import REPO_ROOT
 from harness.procs import wait_for
+from loadtest.background import Load
 
 from . import badinput
-from .load import Load
 from .report import DrillResult, Ledger, percent
 
 REPLICA_ALERT = "AppReplicasBelowMinimum"

@@ -11,10 +11,10 @@ import yaml
 
 from app.identity import normalise_address
 from drills import badinput, compose, native, scenarios
-from drills.load import parse_ledger
 from drills.report import DrillResult, Ledger, dump
 from drills.run import main
 from harness import REPO_ROOT, traefik
+from loadtest.ledger import parse_ledger
 
 
 def app_labels() -> dict[str, str]:
