@@ -18,8 +18,30 @@ from loadtest.ledger import LoadResult, Request, parse_ledger
 # Users finish the request they are in when the load stops, so every request that reached the
 # app is in the ledger (a request cut off by Locust could be counted without being recorded).
 STOP_TIMEOUT_S = 15
-# The visitors and the stats reader; the version checker adds nothing a drill looks at.
+# The drills' mix: the suite's user classes but VersionChecker.
 USER_CLASSES = ("ReturningVisitor", "NewVisitor", "StatsReader")
+LEDGER = "ledger.txt"
+
+
+def command(host: str, workdir: Path, users: int) -> list[str]:
+    """What ``Load.start`` runs (pacing and TLS checks come from the environment, see users.py)."""
+    return locust_command(
+        host,
+        "--ledger",
+        str(workdir / LEDGER),
+        # The smoke shape: every user at once, at a steady rate, until ``stop`` (or the bound).
+        "--shape",
+        "smoke",
+        "--shape-users",
+        str(users),
+        "--shape-duration",
+        str(MAX_DURATION_S),
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        "--loglevel",
+        "WARNING",
+        *USER_CLASSES,
+    )
 
 
 @dataclass
@@ -34,28 +56,11 @@ class Load:
     @classmethod
     def start(cls, host: str, workdir: Path, *, users: int, user_rps: float | str, insecure: bool = False) -> Load:
         workdir.mkdir(parents=True, exist_ok=True)
-        ledger = workdir / "ledger.txt"
+        ledger = workdir / LEDGER
         ledger.write_text("")
         log_path = workdir / "locust.log"
         env = os.environ | {"LOADTEST_USER_RPS": str(user_rps), "LOADTEST_INSECURE": "1" if insecure else ""}
-        argv = locust_command(
-            host,
-            "--ledger",
-            str(ledger),
-            # The smoke shape: every user at once, at a steady rate, until ``stop`` (or the bound).
-            "--shape",
-            "smoke",
-            "--shape-users",
-            str(users),
-            "--shape-duration",
-            str(MAX_DURATION_S),
-            "--stop-timeout",
-            str(STOP_TIMEOUT_S),
-            "--loglevel",
-            "WARNING",
-            *USER_CLASSES,
-        )
-        process = start_logged("locust", argv, log_path, cwd=REPO_ROOT, env=env, ready=None)
+        process = start_logged("locust", command(host, workdir, users), log_path, cwd=REPO_ROOT, env=env, ready=None)
         load = cls(process, ledger, log_path, time.time())
         # Running means requests are being answered, not just that the process exists.
         wait_ready(
