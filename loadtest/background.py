@@ -83,8 +83,10 @@ class Load:
 
     def stop(self) -> LoadResult:
         stopped_at = time.time()
-        # SIGTERM: Locust stops its users (waiting up to --stop-timeout for the request in flight).
-        stop_process(self.process, timeout=STOP_TIMEOUT_S + 15, sig=signal.SIGTERM)
+        # SIGINT (Ctrl-C): Locust stops its users, waiting up to --stop-timeout for the request in flight.
+        # Not SIGTERM: Locust 2.47 installs its SIGTERM handler only after a shape's run, so while the
+        # shape runs SIGTERM kills it on the spot and the requests in flight never reach the ledger.
+        stop_process(self.process, timeout=STOP_TIMEOUT_S + 15, sig=signal.SIGINT)
         return LoadResult(self.snapshot(), self.started_at, stopped_at)
 
     def kill(self) -> None:
