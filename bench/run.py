@@ -12,8 +12,9 @@ What it starts (all on 127.0.0.1, all stopped by PID at the end):
 
 What it measures for each size, ``--rounds`` times, interleaved (hello, returning, new, pgbench
 returning, pgbench new, then again), so that one noisy moment cannot decide a ratio:
-- max throughput with wrk (closed loop, ``--connections`` connections, one wrk thread);
-- latency at a fixed 80 % of that throughput with bench/openloop.py (open loop, latency counted
+- max throughput with wrk (closed loop, ``--connections`` connections, one wrk thread, the visitor
+  scripts in loadtest/wrk/);
+- latency at a fixed 80 % of that throughput with loadtest/openloop.py (open loop, latency counted
   from each request's scheduled time, so queueing is not hidden);
 - pgbench with the app's own visit statement (``app.counting.postgres_visit_sql``), prepared as the
   app prepares it, for returning and new visitors: the database ceiling.
@@ -60,10 +61,10 @@ import psycopg2
 from app.counting import postgres_visit_sql  # the exact statement the app runs
 from app.models import COUNTER_SHARDS
 from app.seed import seed_visitors
-from bench import openloop
 from harness.gunicorn import base_env, migrate, run_gunicorn
 from harness.postgres import PostgresServer
 from harness.tools import MissingTool, find_tool
+from loadtest import WRK_SCRIPTS, openloop
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH / "results" / "latest.json"
@@ -739,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = check_invariants(pg, database)
                 print(f"  seeded in {seed_s} s: {state}", file=sys.stderr, flush=True)
                 counted = partial(visits_recorded, pg, database)
-                returning_lua, new_lua = BENCH / "returning_visitor.lua", BENCH / "new_visitor.lua"
+                returning_lua, new_lua = WRK_SCRIPTS / "returning_visitor.lua", WRK_SCRIPTS / "new_visitor.lua"
                 steps: dict[str, Callable[[], dict[str, Any]]] = {
                     "hello": partial(measure_max, "hello-world", hello_url, returning_lua, args, roots, dsn),
                     "returning": partial(

@@ -37,9 +37,10 @@ from pathlib import Path
 
 from harness import REPO_ROOT
 from harness.procs import wait_for
+from loadtest import background
+from loadtest.background import Load
 
 from . import badinput
-from .load import Load
 from .report import DrillResult, Ledger, percent
 
 REPLICA_ALERT = "AppReplicasBelowMinimum"
@@ -207,7 +208,8 @@ class ComposeDrills:
 
     def _load(self, name: str) -> Load | None:
         if self.dry_run:
-            print(f"+ locust --host {self.base_url} --users {self.users} (LOADTEST_USER_RPS={self.user_rps})")
+            argv = background.command(self.base_url, self.workdir / name, self.users)
+            print(f"+ LOADTEST_USER_RPS={self.user_rps} {shlex.join(argv)}")
             return None
         return Load.start(
             self.base_url, self.workdir / name, users=self.users, user_rps=self.user_rps, insecure=self.insecure

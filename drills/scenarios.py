@@ -20,9 +20,10 @@ import requests
 
 from harness.procs import child_pids, wait_until
 from harness.traefik import health_check_bound_s
+from loadtest.background import Load
+from loadtest.ledger import LoadResult
 
 from . import badinput
-from .load import Load, LoadResult
 from .native import NativeStack, get_ok
 from .report import DrillResult, Ledger, percent
 

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-HERE = Path(__file__).resolve().parent
-LOCUSTFILE = HERE / "locustfile.py"
+from loadtest import HERE, locust_command
+
 RESULTS = HERE / "results"
 CONNECT_TIMEOUT_S = 3
 
@@ -55,18 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     results = args.results_dir or RESULTS / f"{stamp}-{args.shape}"
     results.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "--locustfile",
-        str(LOCUSTFILE),
-        "--host",
+    command = locust_command(
         args.host,
         "--shape",
         args.shape,
-        "--headless",
-        "--only-summary",
         "--csv",
         str(results / "locust"),
         "--csv-full-history",
@@ -74,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         str(results / "report.html"),
         *(["--processes", str(args.processes)] if args.processes != 1 else []),
         *passthrough,
-    ]
+    )
     print(f"tally-loadtest results: {results}", flush=True)
     return subprocess.call(command)
 

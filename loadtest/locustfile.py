@@ -1,4 +1,5 @@
-"""Tally load test: visitor mix, load shapes, pass/fail thresholds and a one-line summary.
+"""Tally load test: visitor mix, load shapes, pass/fail thresholds, a one-line summary and, with
+``--ledger``, one line per finished request (the drills' view, loadtest/ledger.py).
 
 Run it through ``python -m loadtest`` (headless, reports into loadtest/results/) or directly:
 ``locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless --shape smoke``.
@@ -12,13 +13,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import requests
 from locust import events
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
+from loadtest import ledger
 from loadtest.shapes import SHAPES, Step, TallyShape, build_plan
 from loadtest.users import NewVisitor, ReturningVisitor, StatsReader, VersionChecker, env_flag
 
@@ -58,6 +60,12 @@ def _options(parser: Any) -> None:
         env_var="LOADTEST_MAX_FAIL_RATIO",
         help="fail (or end the step ramp) above this share of failed requests",
     )
+    group.add_argument(
+        "--ledger",
+        default="",
+        env_var="LOADTEST_LEDGER",
+        help="append one line per finished request to this file (loadtest/ledger.py)",
+    )
 
 
 class Run:
@@ -65,6 +73,7 @@ class Run:
 
     started_at: float = 0.0
     visitors_before: int | None = None
+    ledger: TextIO | None = None
 
 
 RUN = Run()
@@ -73,6 +82,9 @@ RUN = Run()
 @events.init.add_listener
 def _init(environment: Environment, **_kwargs: Any) -> None:
     options = environment.parsed_options
+    if options is not None and options.ledger:
+        # In every process: the requests are made in the workers when there are workers.
+        RUN.ledger = open(options.ledger, "a", buffering=1)  # noqa: SIM115 - open for the process lifetime
     if options is None or isinstance(environment.runner, WorkerRunner):
         return
     shape = environment.shape_class
@@ -90,6 +102,29 @@ def _test_start(environment: Environment, **_kwargs: Any) -> None:
         return
     RUN.started_at = time.time()
     RUN.visitors_before = _total_visitors(environment)
+
+
+@events.request.add_listener
+def _record(
+    request_type: str,
+    response_time: float,
+    response: Any = None,
+    exception: BaseException | None = None,
+    start_time: float | None = None,
+    url: str | None = None,
+    **_kwargs: Any,
+) -> None:
+    if RUN.ledger is None:
+        return
+    status = getattr(response, "status_code", 0) or 0
+    ok = exception is None and status == 200
+    RUN.ledger.write(ledger.line(request_type, url or "", start_time or 0, response_time, status, ok))
+
+
+@events.quit.add_listener
+def _close_ledger(**_kwargs: Any) -> None:
+    if RUN.ledger is not None:
+        RUN.ledger.flush()
 
 
 @events.quitting.add_listener

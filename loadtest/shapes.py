@@ -14,9 +14,9 @@ from typing import Any
 from locust import LoadTestShape
 from locust.stats import calculate_response_time_percentile, diff_response_time_dicts
 
+from loadtest import MAX_DURATION_S
+
 SHAPES = ("smoke", "step", "spike", "soak")
-# Upper bound for any run: a forgotten soak must not load a server for days.
-MAX_DURATION_S = 24 * 3600
 
 DEFAULT_USERS = {"smoke": 10, "step": 10, "spike": 200, "soak": 50}
 DEFAULT_DURATION_S = {"smoke": 10, "step": 0, "spike": 90, "soak": 600}
@@ -70,7 +70,11 @@ class Plan:
 
 
 class Smoke(Plan):
-    """A handful of users for a few seconds: does every endpoint answer at all?"""
+    """All users at once, at a steady rate, for the duration.
+
+    A handful of users for a few seconds: does every endpoint answer at all? It is also the drills'
+    background load, for as long as the drill needs it (background.py stops it).
+    """
 
     name = "smoke"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from drills.load import Load
 from harness.procs import wait_until
+from loadtest.background import Load
 from tests.e2e.engine import ENGINE, Stack
 from tests.e2e.test_1_stack import replica_visits, stats, visit_figure
 from tests.stack.stackutil import REPO

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from drills.load import Load
 from harness.procs import free_port, wait_until
+from loadtest.background import Load
 from tests.e2e import client
 from tests.e2e.engine import ENGINE, OVERRIDE, Engine
 from tests.stack.stackutil import REPO, compose_binary

@@ -30,7 +30,8 @@ import pytest
 from harness import REPO_ROOT
 from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
 from harness.postgres import PostgresServer
-from harness.procs import free_port
+from harness.procs import free_port, wait_until
+from loadtest.background import Load
 
 pytestmark = pytest.mark.slow  # every test runs Locust in a subprocess
 
@@ -97,6 +98,8 @@ class Stub:
         # Each Locust user keeps one connection, so the step with one user too many fails whole.
         self.max_connections = max_connections
         self.connections = 0
+        self.in_flight = 0
+        self.pages_asked = 0  # GET / requests that reached the stand-in
         self.lock = threading.Lock()
         self.annotations: list[dict[str, Any]] = []
         stub = self
@@ -119,9 +122,15 @@ class Stub:
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 with stub.lock:
                     saturated = 0 < stub.max_connections < stub.connections
+                    stub.pages_asked += self.path == "/"
+                    stub.in_flight += 1
                 if stub.delay_s:
                     time.sleep(stub.delay_s)  # the stand-in's service time, not synchronisation
-                self._send(503 if saturated else stub.status, PAGE)
+                try:
+                    self._send(503 if saturated else stub.status, PAGE)
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
 
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 length = int(self.headers.get("Content-Length") or 0)
@@ -394,3 +403,19 @@ def test_self_signed_https_needs_the_explicit_opt_out(
     assert insecure.returncode == 0, insecure.stdout + insecure.stderr[-3000:]
     assert summary_of(insecure)["failures"] == "0"
     assert int(summary_of(insecure)["requests"]) > 0
+
+
+def test_background_load_stops_with_every_request_that_reached_the_target_in_its_ledger(
+    stub_factory: Any, tmp_path: Path
+) -> None:
+    # The drills' rule: a request the app saw (and may have counted) must be in the ledger, so stopping
+    # the background load lets the requests in flight finish instead of killing Locust mid-request.
+    target = stub_factory(delay_s=1.0)
+    load = Load.start(target.url, tmp_path / "load", users=3, user_rps="max")
+    try:
+        wait_until(lambda: target.in_flight > 0, timeout=30, message="requests in flight")
+    finally:
+        result = load.stop()
+    assert load.process.returncode is not None and load.process.returncode >= 0, load.log()[-2000:]
+    assert result.visits and all(r.status == 200 and r.ok for r in result.requests)
+    assert len(result.visits) == target.pages_asked
