@@ -37,11 +37,14 @@ ARG PYTHON_IMAGE
 ARG VERSION=""
 ARG BUILD_NUMBER=""
 ARG GIT_COMMIT=""
+# The repository the image is built from: CI passes its project URL.
+ARG SOURCE_URL=""
 
 LABEL org.opencontainers.image.title="tally" \
       org.opencontainers.image.description="Tally visitor counter (Flask + gunicorn)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}" \
       org.opencontainers.image.licenses="MIT" \
       io.tally.build-number="${BUILD_NUMBER}"

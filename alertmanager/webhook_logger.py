@@ -56,6 +56,7 @@ class Handler(BaseHTTPRequestHandler):
                     "status": a.get("status"),
                     "labels": a.get("labels", {}),
                     "summary": a.get("annotations", {}).get("summary"),
+                    "runbook_url": a.get("annotations", {}).get("runbook_url"),
                     "startsAt": a.get("startsAt"),
                     "endsAt": a.get("endsAt"),
                 }

@@ -410,8 +410,14 @@ def start_alertmanager(workdir: Path, config: Mapping[str, Any], extra_args: Seq
 
 
 def start_prometheus(
-    workdir: Path, config: Mapping[str, Any], *, port: int | None = None, extra_args: Sequence[str] = ()
+    workdir: Path,
+    config: Mapping[str, Any],
+    *,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Prometheus:
+    """``env`` is added to the inherited environment (external labels may expand it: expand-external-labels)."""
     find_tool(PROMETHEUS_BIN)
     directory = workdir / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
@@ -436,6 +442,7 @@ def start_prometheus(
         ],
         port,
         workdir,
+        env={**os.environ, **env} if env else None,
         ready=lambda: _http_ok(f"http://127.0.0.1:{port}/-/ready"),
     )
     return Prometheus(**vars(service))

@@ -63,6 +63,9 @@ def test_image_is_the_servers_postgres_version_and_runs_the_scheduler_as_non_roo
     assert re.search(r"^CMD \[\]$", dockerfile, re.MULTILINE), "the base image's CMD would become an argument"
     assert "STOPSIGNAL SIGTERM" in dockerfile
     assert "HEALTHCHECK" in dockerfile and '"backup-healthcheck"' in dockerfile
+    # Its source label is the repository CI builds from, as for the app image (no URL written here).
+    assert re.search(r'^ARG SOURCE_URL=""$', dockerfile, re.MULTILINE)
+    assert 'org.opencontainers.image.source="${SOURCE_URL}"' in dockerfile
     for package in ("age", "awscli", "python3-croniter"):
         assert re.search(rf"apt-get install .*\b{package}\b", dockerfile), package
 

@@ -316,6 +316,8 @@ def test_image_built_once_with_build_metadata_and_three_tags(preview: dict[str, 
     assert '--build-arg "BUILD_NUMBER=$CI_PIPELINE_IID"' in script
     assert '--build-arg "GIT_COMMIT=$CI_COMMIT_SHA"' in script
     assert '--build-arg "VERSION=$VERSION"' in script
+    # Both images (app and backup) name the repository they were built from.
+    assert script.count('--build-arg "SOURCE_URL=$CI_PROJECT_URL"') == 2
     assert 'IMAGE_TAG="$(scripts/version.sh --oci "$CI_PIPELINE_IID")"' in script
     for tag in ("$IMAGE_TAG", "$CI_COMMIT_SHORT_SHA", "$CI_COMMIT_REF_SLUG"):
         assert f'--tag "$CI_REGISTRY_IMAGE:{tag}"' in script
@@ -343,6 +345,8 @@ def test_deploy_jobs_use_environments_ssh_and_the_repo_script(preview: dict[str,
         assert env["name"] == tier and env["url"].startswith("https://") and env["deployment_tier"] == tier
         script = script_text(job)
         assert "./scripts/deploy.sh '$TALLY_IMAGE'" in script
+        # The default runbook links (RUNBOOK_BASE_URL=.) are paths in the shipped project.
+        assert "version.txt docs/runbooks;" in script
         for var in ("SSH_PRIVATE_KEY", "DEPLOY_HOST", "DEPLOY_USER", "SSH_KNOWN_HOSTS"):
             assert f"${var}" in script or var in script
         assert "StrictHostKeyChecking=no" not in script

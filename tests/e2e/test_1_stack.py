@@ -265,6 +265,11 @@ def test_watchdog_reaches_the_alert_logger(stack: Stack) -> None:
     wait_until(
         lambda: '"Watchdog"' in stack.logs("alert-logger"), timeout=240, interval=3, message="Watchdog delivered"
     )
+    # With RUNBOOK_BASE_URL unset, the runbook link is the runbook's path in the checkout (docs/observability.md).
+    records = [json.loads(line) for line in stack.logs("alert-logger").splitlines() if line.startswith("{")]
+    links = {a["runbook_url"] for r in records for a in r.get("alerts", []) if a["labels"]["alertname"] == "Watchdog"}
+    assert links == {"./docs/runbooks/Watchdog.md"}
+    assert (REPO / links.pop()).is_file()
 
 
 # --- 8. slow clients -----------------------------------------------------------------------------------------

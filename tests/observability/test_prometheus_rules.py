@@ -1,7 +1,8 @@
 """prometheus/: config and rule syntax (promtool), rule unit tests, and rule hygiene.
 
-Hygiene = every alert carries severity/summary/description/runbook_url, its runbook exists, every
-alert is covered by promtool unit tests both firing and (except Watchdog) staying silent.
+Hygiene = every alert carries severity/summary/description/runbook_url, its runbook_url is the one base
+(RUNBOOK_BASE_URL) followed by the path of its own runbook in docs/runbooks/, every alert is covered by
+promtool unit tests both firing and (except Watchdog) staying silent.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from harness.observability import (
 from harness.tools import find_tool
 
 PROMTOOL = "/usr/bin/promtool"
-RUNBOOK_BASE = "https://github.com/tally/tally/blob/main/docs/runbooks/"
+# Every runbook_url starts with the one setting (RUNBOOK_BASE_URL, an external label: compose/monitoring.yaml);
+# the rest is the runbook's path in the repository.
+RUNBOOK_BASE = "{{ $externalLabels.runbook_base_url }}/"
 RUNBOOKS = REPO_ROOT / "docs" / "runbooks"
 SEVERITIES = {"critical", "warning", "info"}
 # Job names are a contract with the compose files and the dashboards.
@@ -112,9 +115,11 @@ def test_alert_has_severity_annotations_and_runbook(rule: dict[str, Any]) -> Non
     annotations = rule.get("annotations", {})
     for key in ("summary", "description", "runbook_url"):
         assert annotations.get(key, "").strip(), f"{rule['alert']} lacks {key}"
-    assert annotations["runbook_url"] == f"{RUNBOOK_BASE}{rule['alert']}.md"
-    runbook = RUNBOOKS / f"{rule['alert']}.md"
-    assert runbook.is_file(), f"missing runbook {runbook.relative_to(REPO_ROOT)}"
+    url = annotations["runbook_url"]
+    assert url.startswith(RUNBOOK_BASE), f"{rule['alert']}: runbook_url must start with {RUNBOOK_BASE}"
+    runbook = REPO_ROOT / url.removeprefix(RUNBOOK_BASE)
+    assert runbook.is_file(), f"{rule['alert']}: runbook_url names no file: {url}"
+    assert runbook == RUNBOOKS / f"{rule['alert']}.md", f"{rule['alert']}: runbook_url is not its own runbook"
     text = runbook.read_text()
     assert text.startswith(f"# {rule['alert']}\n")
     for section in ("## Meaning", "## Impact", "## Diagnosis", "## Mitigation"):

@@ -156,12 +156,13 @@ def test_build_metadata_is_baked_in() -> None:
     for key in (
         "org.opencontainers.image.version",
         "org.opencontainers.image.revision",
+        "org.opencontainers.image.source",
         "org.opencontainers.image.title",
         "org.opencontainers.image.base.name",
     ):
         assert key in labels, key
     args = {i.value.split("=")[0] for i in stage.all("ARG")}
-    assert {"VERSION", "BUILD_NUMBER", "GIT_COMMIT"} <= args
+    assert {"VERSION", "BUILD_NUMBER", "GIT_COMMIT", "SOURCE_URL"} <= args
     assert "version.txt" in " ".join(i.value for i in stage.all("RUN")), "VERSION is checked against version.txt"
 
 

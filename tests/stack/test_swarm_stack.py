@@ -98,6 +98,15 @@ def prometheus_config(stack: dict[str, Any]) -> str:
     raise AssertionError("no prometheus.yml config")
 
 
+def test_runbook_links_follow_the_same_setting(stack: dict[str, Any]) -> None:
+    """RUNBOOK_BASE_URL reaches Prometheus as in compose, and the generated prometheus.yml still expands it."""
+    prometheus = stack["services"]["prometheus"]
+    assert prometheus["environment"]["RUNBOOK_BASE_URL"] == "."
+    assert "--enable-feature=expand-external-labels" in prometheus["command"]
+    generated = yaml.safe_load(Path(stack["configs"][prometheus_config(stack)]["file"]).read_text())
+    assert generated["global"]["external_labels"]["runbook_base_url"] == "${RUNBOOK_BASE_URL}"
+
+
 def test_secrets_and_config_files_keep_their_paths(stack: dict[str, Any], model: dict[str, Any]) -> None:
     for name, svc in stack["services"].items():
         original = model["services"][name]
