@@ -66,8 +66,11 @@ def on_starting(server: Any) -> None:
 
 def when_ready(server: Any) -> None:
     if _config.prometheus_multiproc_dir:
+        from app.logs import configure_logging
         from app.metrics import start_metrics_server
 
+        # The metrics listener logs its refusals from this process: JSON lines like the workers'.
+        configure_logging(_config.log_level)
         start_metrics_server(_config)
 
 
