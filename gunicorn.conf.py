@@ -66,9 +66,12 @@ def on_starting(server: Any) -> None:
 
 def when_ready(server: Any) -> None:
     if _config.prometheus_multiproc_dir:
-        from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+        from app.logs import configure_logging
+        from app.metrics import start_metrics_server
 
-        GunicornPrometheusMetrics.start_http_server_when_ready(_config.metrics_port, _config.bind_address)
+        # The metrics listener logs its refusals from this process: JSON lines like the workers'.
+        configure_logging(_config.log_level)
+        start_metrics_server(_config)
 
 
 def child_exit(server: Any, worker: Any) -> None:

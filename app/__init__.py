@@ -18,7 +18,7 @@ from .logs import REQUEST_ID_HEADER, assign_request_id, configure_logging
 from .metrics import init_metrics
 from .models import db
 from .page import VisitPage
-from .proxies import OnlyFromProxies
+from .proxies import only_from_proxies
 from .state import Tally
 from .views import bp
 
@@ -48,9 +48,6 @@ def create_app(config: Config | None = None) -> Flask:
     if config.trusted_proxy_hops:
         hops = config.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    if config.trusted_proxy_networks:
-        # Outermost: a refused peer never reaches ProxyFix, the metrics or a view.
-        app.wsgi_app = OnlyFromProxies(app.wsgi_app, config.trusted_proxy_networks)  # type: ignore[method-assign]
     if config.database_is_default:
         Path(config.database_url.database or "").parent.mkdir(parents=True, exist_ok=True)
         log.warning(
@@ -67,6 +64,11 @@ def create_app(config: Config | None = None) -> Flask:
         prepare_sqlite(engine)
     metrics = init_metrics(app, config, build)
     metrics.watch_pool(engine, config.db_pool_size if config.is_postgres else 0)
+    if config.trusted_proxy_networks:
+        # Outermost: a refused peer never reaches ProxyFix, the request metrics or a view.
+        app.wsgi_app = only_from_proxies(  # type: ignore[method-assign]
+            app.wsgi_app, config.trusted_proxy_networks, metrics.refusals
+        )
     scripts = ScriptDirectory(str(MIGRATIONS_DIR))
     head = scripts.get_current_head()
     assert head is not None, "the migrations directory has no revision"

@@ -199,6 +199,15 @@ SETTINGS = (
     ),
     Setting("PORT", int, "8000", "HTTP port of gunicorn.", bounds=(1, 65535)),
     Setting("METRICS_PORT", int, "9200", "Prometheus metrics port (never routed by Traefik).", bounds=(1, 65535)),
+    Setting(
+        "METRICS_ALLOWED_CIDRS",
+        str,
+        None,
+        "Comma-separated networks Prometheus scrapes from. When set, the metrics port serves only them and"
+        " loopback: any other peer gets 403 (compose: the `app-metrics` network's subnet, `APP_METRICS_SUBNET`,"
+        " default `172.16.242.0/24`).",
+        shown_default="— (every peer)",
+    ),
     Setting("WEB_CONCURRENCY", int, "2", "gunicorn worker processes per replica.", bounds=(1, 64)),
     Setting("GUNICORN_THREADS", int, "4", "Threads per worker.", bounds=(1, 64)),
     Setting(
@@ -242,6 +251,7 @@ class Config:
     # Peers whose X-Forwarded-* headers count; empty: every peer (only safe when nothing but the proxy
     # can reach the app's port).
     trusted_proxy_networks: tuple[IPv4Network | IPv6Network, ...]
+    metrics_allowed_networks: tuple[IPv4Network | IPv6Network, ...]
     log_level: str
     sentry_dsn: str | None
     sentry_environment: str
@@ -494,6 +504,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         user_url=_user_url(env),
         trusted_proxy_hops=env.integer("TRUSTED_PROXY_HOPS"),
         trusted_proxy_networks=_networks("TRUSTED_PROXY_CIDRS", env.text("TRUSTED_PROXY_CIDRS")),
+        metrics_allowed_networks=_networks("METRICS_ALLOWED_CIDRS", env.text("METRICS_ALLOWED_CIDRS")),
         log_level=env.choice("LOG_LEVEL", upper=True),
         sentry_dsn=env.secret("SENTRY_DSN"),
         sentry_environment=env.text("SENTRY_ENVIRONMENT") or environment,

@@ -1,8 +1,13 @@
 """Take this replica out of Traefik's rotation before it is stopped; scripts/deploy.sh runs it inside the
 replica it is about to replace:
 
-    python -m app.drain --metrics-url http://traefik:8082/metrics --timeout 15 \
-        [--after-up 172.31.240.7 ...] 172.31.240.5 [...]
+    <Traefik's metrics, one snapshot after another> | \
+    python -m app.drain --metrics-url - --timeout 15 [--after-up 172.31.240.7 ...] 172.31.240.5 [...]
+
+The replica does not reach Traefik's metrics port (only Prometheus and Traefik's own loopback do,
+traefik/dynamic/metrics.yml), so deploy.sh reads them inside Traefik's container and pipes them in: with
+``--metrics-url -`` each snapshot on stdin ends with a ``# EOF`` line. A URL is read directly instead
+(the native drills, where Traefik runs on the same loopback).
 
 With --after-up (the replica that takes over), it first waits until Traefik reports that one up: Traefik
 rebuilds its load balancer, health checks included, whenever a container becomes healthy, and a drain
@@ -19,17 +24,22 @@ timeout (the replica stays drained; the caller decides whether to stop it anyway
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from .config import load_config_or_exit
 
 SERVER_UP = "traefik_service_server_up"
+# Ends each snapshot on stdin (OpenMetrics' terminator; a comment to the text format Traefik writes).
+SNAPSHOT_END = "# EOF"
 POLL_INTERVAL_S = 0.25
 
 
@@ -54,18 +64,71 @@ def fetch(url: str) -> str:
     return body.decode("utf-8", "replace")
 
 
+class FeedEnded(OSError):
+    """Nothing more will come: waiting longer cannot help."""
+
+
+class StdinFeed:
+    """The newest of the metrics snapshots written to ``stream``, each ended by a ``SNAPSHOT_END`` line. A
+    thread reads them, so a stalled writer costs at most ``wait_s`` per poll, never the drain's deadline."""
+
+    def __init__(self, stream: IO[str], wait_s: float = 2.0) -> None:
+        self.wait_s = wait_s
+        self.snapshots: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        lines: list[str] = []
+        for line in stream:
+            if line.rstrip("\n") == SNAPSHOT_END:
+                self.snapshots.put("".join(lines))
+                lines = []
+            else:
+                lines.append(line)
+        self.snapshots.put(None)
+
+    def __call__(self) -> str:
+        try:
+            newest = self.snapshots.get(timeout=self.wait_s)
+        except queue.Empty:
+            raise OSError(f"no snapshot on stdin within {self.wait_s:g}s") from None
+        while newest is not None and not self.snapshots.empty():
+            newer = self.snapshots.get_nowait()
+            if newer is None:
+                self.snapshots.put(None)  # the end, for the next call
+                break
+            newest = newer
+        if newest is None:
+            self.snapshots.put(None)  # and for every later call
+            raise FeedEnded("the feed on stdin ended")
+        return newest
+
+
+Metrics = str | Callable[[], str]
+
+
 def _poll(
-    metrics_url: str, addresses: list[str], timeout_s: float, done: Callable[[list[float], bool], bool]
+    metrics: Metrics, addresses: list[str], timeout_s: float, done: Callable[[list[float], bool], bool]
 ) -> str | None:
-    """None once ``done(states, seen_before)`` holds for Traefik's view of ``addresses``, else why not."""
+    """None once ``done(states, seen_before)`` holds for Traefik's view of ``addresses``, else why not.
+    ``metrics``: Traefik's metrics URL, or what returns the newest snapshot."""
+    if isinstance(metrics, str):
+        url, name = metrics, metrics
+
+        def read() -> str:
+            return fetch(url)
+    else:
+        read, name = metrics, "Traefik's metrics"
     deadline = time.monotonic() + timeout_s
     seen = False
     last = "no answer yet"
     while True:
         try:
-            states = server_states(fetch(metrics_url), addresses)
+            states = server_states(read(), addresses)
         except (OSError, ValueError) as exc:  # URLError is an OSError; ValueError: unparsable metrics
-            last = f"cannot read {metrics_url}: {exc}"
+            last = f"cannot read {name}: {exc}"
+            if isinstance(exc, FeedEnded):
+                return last
         else:
             if done(states, seen):
                 return None
@@ -76,7 +139,7 @@ def _poll(
         time.sleep(POLL_INTERVAL_S)
 
 
-def wait_out_of_rotation(metrics_url: str, addresses: list[str], timeout_s: float) -> str | None:
+def wait_out_of_rotation(metrics_url: Metrics, addresses: list[str], timeout_s: float) -> str | None:
     """None once Traefik no longer routes to ``addresses``, else why not (at the deadline)."""
     # Reported down, or no longer listed after it was (Traefik dropped the server from its config).
     return _poll(
@@ -87,14 +150,18 @@ def wait_out_of_rotation(metrics_url: str, addresses: list[str], timeout_s: floa
     )
 
 
-def wait_in_rotation(metrics_url: str, addresses: list[str], timeout_s: float) -> str | None:
+def wait_in_rotation(metrics_url: Metrics, addresses: list[str], timeout_s: float) -> str | None:
     """None once Traefik reports one of ``addresses`` up (checked, in its current balancer)."""
     return _poll(metrics_url, addresses, timeout_s, lambda states, _seen: any(v >= 1 for v in states))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.drain", description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics-url", required=True, help="Traefik's Prometheus metrics URL")
+    parser.add_argument(
+        "--metrics-url",
+        required=True,
+        help=f"Traefik's Prometheus metrics URL, or - (snapshots on stdin, each ended by {SNAPSHOT_END!r})",
+    )
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for Traefik (15)")
     parser.add_argument(
         "--after-up", action="append", default=[], help="first wait until Traefik reports this address up (repeatable)"
@@ -105,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     if drain_marker is None:
         print("drain: DRAIN_MARKER is not set in this replica; it cannot be drained", file=sys.stderr)
         return 3
+    metrics: Metrics = StdinFeed(sys.stdin) if args.metrics_url == "-" else args.metrics_url
     started = time.monotonic()
     # Not confirmed: drain anyway (better than none), and say so.
-    unconfirmed = args.after_up and wait_in_rotation(args.metrics_url, args.after_up, args.timeout)
+    unconfirmed = args.after_up and wait_in_rotation(metrics, args.after_up, args.timeout)
     drain_marker.touch()
-    problem = wait_out_of_rotation(args.metrics_url, args.addresses, args.timeout)
+    problem = wait_out_of_rotation(metrics, args.addresses, args.timeout)
     if problem is not None:
         print(f"drain: Traefik did not report the replica down within {args.timeout:g}s ({problem})", file=sys.stderr)
         return 4

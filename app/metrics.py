@@ -4,21 +4,27 @@ master serves the merged view on METRICS_PORT (see gunicorn.conf.py), so Traefik
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from flask import Flask, Request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 from sqlalchemy import Engine, event
 
 from .buildinfo import BuildInfo
 from .config import Config
+from .proxies import RefusalLog, only_from_scrapers
 
 DB_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DB_OPERATIONS = ("visit", "stats", "ready")
@@ -28,6 +34,32 @@ REQUEST_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 def path(request: Request) -> str:
     """Route template as the ``path`` label: raw paths would let any client mint new series."""
     return request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+
+
+UNTRUSTED_PEER = "untrusted_peer"
+
+
+def refused_counter(registry: CollectorRegistry | None) -> Counter:
+    # In the workers on the app's registry, in gunicorn's master (the metrics listener) on none: under
+    # gunicorn both write to PROMETHEUS_MULTIPROC_DIR, whose collector merges them into one series per label set.
+    return Counter(
+        "tally_requests_refused",
+        "Requests refused with 403 before the app: a peer outside the listener's allowed networks",
+        ["listener", "reason"],
+        registry=registry,
+    )
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """Counts and logs (rate-limited, app/proxies.py) every peer a listener refuses."""
+
+    counter: Counter
+    log: RefusalLog = field(default_factory=RefusalLog)
+
+    def __call__(self, listener: str, peer: str, path: str) -> None:
+        self.counter.labels(listener=listener, reason=UNTRUSTED_PEER).inc()
+        self.log(listener, peer, path)
 
 
 @dataclass(frozen=True)
@@ -40,6 +72,7 @@ class AppMetrics:
     pool_checked_out: Gauge
     pool_size: Gauge
     db_durations: dict[str, Histogram]
+    refusals: Refusals
 
     @contextmanager
     def db_operation(self, operation: str) -> Iterator[None]:
@@ -108,7 +141,33 @@ def init_metrics(app: Flask, config: Config, build: BuildInfo) -> AppMetrics:
         ),
         # Series that exist from the start at 0: rate() cannot see the first error of a series born with it.
         db_durations={operation: db_query_duration.labels(operation=operation) for operation in DB_OPERATIONS},
+        refusals=Refusals(refused_counter(registry)),
     )
+    metrics.refusals.counter.labels(listener="app", reason=UNTRUSTED_PEER)
     for operation in DB_OPERATIONS:
         metrics.db_errors.labels(operation=operation)
     return metrics
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Every scrape would be a line on stderr; refusals are logged by Refusals."""
+
+
+def start_metrics_server(config: Config) -> WSGIServer:
+    """Every worker's metrics, merged, on METRICS_PORT from gunicorn's master (a daemon thread), served only
+    to METRICS_ALLOWED_CIDRS and loopback when that is set."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    app = make_wsgi_app(registry)
+    if config.metrics_allowed_networks:
+        refusals = Refusals(refused_counter(None))
+        refusals.counter.labels(listener="metrics", reason=UNTRUSTED_PEER)
+        app = only_from_scrapers(app, config.metrics_allowed_networks, refusals)
+
+    class MetricsServer(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in config.bind_address else socket.AF_INET
+
+    server: WSGIServer = make_server(config.bind_address, config.metrics_port, app, MetricsServer, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True).start()
+    return server

@@ -48,7 +48,15 @@ ALERTMANAGER_API = "http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D%22" 
 # 2m `for:` + scrape and evaluation intervals + Alertmanager group_wait.
 ALERT_DEADLINE_S = 300
 STOP_GRACE_S = 30  # compose/app.yaml stop_grace_period
-TRAEFIK_METRICS_URL = "http://traefik:8082/metrics"  # read from inside a replica, as scripts/deploy.sh does
+# Read inside Traefik's container and piped into the replica's drain, as scripts/deploy.sh does: the replicas
+# do not reach Traefik's metrics port (traefik/dynamic/metrics.yml).
+TRAEFIK_METRICS_URL = "http://127.0.0.1:8082/metrics"
+# $1 docker, $2 Traefik's container, $3 the URL: a snapshot of its metrics and "# EOF" (app/drain.py
+# --metrics-url -) until the drain is gone (SIGPIPE ignored, the failed write ends the loop).
+_METRICS_FEED = (
+    'trap "" PIPE; while :; do "$1" exec "$2" wget -q -T 2 -O - "$3" 2>/dev/null || true; '
+    'printf "# EOF\\n" 2>/dev/null || exit 0; sleep 0.25; done'
+)
 DRAIN_TIMEOUT_S = 15
 # The visitor-facing bound around a replica loss (docs/reliability.md): reported, not judged.
 SLOW_RESPONSE_S = 5.0
@@ -97,10 +105,15 @@ class ComposeCommands:
             container,
         ]
 
-    def drain(self, container: str, addresses: Sequence[str]) -> list[str]:
+    def traefik_container(self) -> list[str]:
+        return self.compose("ps", "--quiet", "traefik")
+
+    def drain(self, container: str, addresses: Sequence[str], traefik: str) -> list[str]:
+        """app.drain in the replica, fed Traefik's metrics; the pipeline's status is the drain's."""
+        script = f'({_METRICS_FEED}) | "$1" exec -i "$4" python -m app.drain --metrics-url - --timeout "$5" "${{@:6}}"'
         return [
-            self.docker, "exec", container, "python", "-m", "app.drain",
-            "--metrics-url", TRAEFIK_METRICS_URL, "--timeout", str(DRAIN_TIMEOUT_S), *addresses,
+            "bash", "-c", script, "drain", self.docker, traefik, TRAEFIK_METRICS_URL, container, str(DRAIN_TIMEOUT_S),
+            *addresses,
         ]  # fmt: skip
 
     def health(self, container: str) -> list[str]:
@@ -153,6 +166,8 @@ class DryRunner:
             print("+ " + shlex.join(argv), flush=True)
         if argv[-3:] == ["ps", "--quiet", "app"]:
             return "c0ffee000001\nc0ffee000002\n"
+        if argv[-3:] == ["ps", "--quiet", "traefik"]:
+            return "7ea0f1c00001\n"
         if "psql" in argv:
             return "0\n"
         if "inspect" in argv:
@@ -273,9 +288,10 @@ class ComposeDrills:
         load = self._load("graceful-restart")
         try:
             self._hold(self.steady_s)
+            traefik = self.run(self.commands.traefik_container()).split()[0]
             for container in self._containers():
                 addresses = self.run(self.commands.addresses(container)).split()
-                self.run(self.commands.drain(container, addresses))
+                self.run(self.commands.drain(container, addresses, traefik))
                 self.run(self.commands.stop(container))
                 self.run(self.commands.start(container))
                 self._wait(partial(self._healthy, container), 120, f"{container} healthy")

@@ -19,7 +19,8 @@
 # HEALTH_TIMEOUT seconds per replica (180), HEALTH_POLL_INTERVAL seconds (2), STOP_TIMEOUT seconds for the
 # old replica's graceful stop (30, keep >= gunicorn's graceful timeout), DRAIN_TIMEOUT seconds to wait for
 # Traefik to take an old replica out of rotation (15; after it, the replica is stopped anyway, with a
-# warning), TRAEFIK_METRICS_URL (http://traefik:8082/metrics, read from inside the replica), ENV_FILE (.env),
+# warning), TRAEFIK_SERVICE (traefik), TRAEFIK_METRICS_URL (http://127.0.0.1:8082/metrics, read inside
+# Traefik's container: no replica reaches it, traefik/dynamic/metrics.yml), ENV_FILE (.env),
 # DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations, SKIP_PULL=1 (= --no-pull),
 # PAGE_URL (https://<DOMAIN from .env, else localhost>/), PAGE_CONNECT (127.0.0.1:<HTTPS_PORT from .env,
 # else 443>: where that URL is sent, curl --connect-to), PAGE_TRIES GETs per step (3 x replicas; Traefik
@@ -35,7 +36,10 @@ HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-180}
 HEALTH_POLL_INTERVAL=${HEALTH_POLL_INTERVAL:-2}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-15}
-TRAEFIK_METRICS_URL=${TRAEFIK_METRICS_URL:-http://traefik:8082/metrics}
+TRAEFIK_SERVICE=${TRAEFIK_SERVICE:-traefik}
+TRAEFIK_METRICS_URL=${TRAEFIK_METRICS_URL:-http://127.0.0.1:8082/metrics}
+# Seconds between two snapshots of Traefik's metrics fed to the drain.
+METRICS_FEED_INTERVAL=0.25
 ENV_FILE=${ENV_FILE:-.env}
 STATE_DIR=${DEPLOY_STATE_DIR:-.deploy}
 SKIP_MIGRATE=${SKIP_MIGRATE:-0}
@@ -229,7 +233,8 @@ start_one() {
 
 # Out of Traefik's rotation before the stop: gunicorn closes its listener at SIGTERM, and until Traefik's next
 # health check it would still send requests there (refused dials; a retry may land on it again). The replica
-# runs app/drain.py: it waits until Traefik reports the new replica up (so Traefik's rebuild of its balancer
+# runs app/drain.py, fed with Traefik's metrics read inside Traefik's container (the replicas do not reach
+# Traefik's metrics port): it waits until Traefik reports the new replica up (so Traefik's rebuild of its balancer
 # for the new container, which counts every server up again, is behind us), makes its own /readyz answer 503,
 # then waits until Traefik's own metrics report it down. Never
 # fails the deploy: an image without the drain, or a Traefik that does not confirm in time, gets the plain
@@ -238,16 +243,35 @@ addresses_of() {
     docker_ inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" || true
 }
 
+# Snapshots of Traefik's metrics on stdout, each ended by "# EOF" (app/drain.py --metrics-url -), until the
+# reader goes away (SIGPIPE ignored: the failed write ends the loop, and the function returns 0).
+traefik_metrics_feed() {
+    local traefik=$1
+    trap '' PIPE
+    while :; do
+        docker_ exec "$traefik" wget -q -T 2 -O - "$TRAEFIK_METRICS_URL" 2>/dev/null || true
+        printf '# EOF\n' 2>/dev/null || return 0
+        sleep "$METRICS_FEED_INTERVAL"
+    done
+}
+
 drain() {
-    local id=$1 label=$2 successor=$3 out rc=0 addresses=() after=() address
+    local id=$1 label=$2 successor=$3 out rc=0 addresses=() after=() address traefik
     read -r -a addresses <<<"$(addresses_of "$id")"
     if ((${#addresses[@]} == 0)); then
         warn "$label $(short "$id") has no network address; stopping it without draining"
         return 0
     fi
+    traefik=$(compose ps -q "$TRAEFIK_SERVICE" | head -n 1) || traefik=""
+    if [[ -z $traefik ]]; then
+        warn "$label no running $TRAEFIK_SERVICE container to read the drain from; stopping $(short "$id") without draining"
+        return 0
+    fi
     for address in $(addresses_of "$successor"); do after+=(--after-up "$address"); done
-    out=$(docker_ exec "$id" python -m app.drain --metrics-url "$TRAEFIK_METRICS_URL" --timeout "$DRAIN_TIMEOUT" \
-        "${after[@]}" "${addresses[@]}" 2>&1) || rc=$?
+    # The pipeline's status is the drain's (the feed returns 0 once the drain is gone).
+    out=$(traefik_metrics_feed "$traefik" |
+        docker_ exec -i "$id" python -m app.drain --metrics-url - --timeout "$DRAIN_TIMEOUT" \
+            "${after[@]}" "${addresses[@]}" 2>&1) || rc=$?
     if ((rc == 0)); then
         log "$label $(short "$id") ${out##*drain: }"
     else

@@ -6,7 +6,12 @@ format Traefik v3 writes (the real Traefik answers it in the e2e rolling deploy,
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from app import drain
+from harness.procs import wait_until
 
 ME, OTHER = "172.31.240.5", "172.31.240.6"
 
@@ -151,3 +157,44 @@ def test_main_without_a_drain_marker_changes_nothing(
     assert drain.main(["--metrics-url", traefik.url, ME]) == 3
     assert "DRAIN_MARKER is not set" in capsys.readouterr().err
     assert traefik.requests == 0
+
+
+def test_stdin_feed_gives_the_newest_snapshot_then_reports_the_end() -> None:
+    stream = io.StringIO(f"{metrics(**{ME: 1})}# EOF\n{metrics(**{ME: 0})}# EOF\npartial-without-end\n")
+    feed = drain.StdinFeed(stream, wait_s=5)
+    deadline = time.monotonic() + 5
+    while feed.snapshots.qsize() < 3 and time.monotonic() < deadline:  # both snapshots and the end read
+        time.sleep(0.01)
+    assert drain.server_states(feed(), [ME]) == [0.0]
+    for _ in range(2):
+        with pytest.raises(OSError, match="the feed on stdin ended"):
+            feed()
+
+
+def test_main_reads_traefiks_metrics_piped_in(tmp_path: Path) -> None:
+    """What scripts/deploy.sh runs in the replica: snapshots of Traefik's metrics, read inside Traefik's
+    container, on stdin; the replica itself never opens Traefik's metrics port."""
+    drain_marker = tmp_path / "draining"
+    env = {**os.environ, "TALLY_ENV": "development", "DRAIN_MARKER": str(drain_marker)}
+    argv = [sys.executable, "-m", "app.drain", "--metrics-url", "-", "--timeout", "10", "--after-up", OTHER, ME]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(f"{metrics(**{ME: 1, OTHER: 1})}# EOF\n")
+        process.stdin.flush()
+        # The successor is up: the replica drains itself, then waits for Traefik to report it down.
+        wait_until(drain_marker.exists, timeout=10, message="the drain marker")
+        process.stdin.write(f"{metrics(**{ME: 0, OTHER: 1})}# EOF\n")
+        process.stdin.flush()
+        assert process.wait(timeout=10) == 0
+        assert "out of Traefik's rotation" in process.stdout.read()
+    # The feed ends before Traefik confirms: not drained (4), said why.
+    drain_marker.unlink()
+    result = subprocess.run(
+        [*argv[:-5], "--timeout", "30", ME],
+        input=f"{metrics(**{ME: 1})}# EOF\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 4 and "the feed on stdin ended" in result.stderr, result.stderr

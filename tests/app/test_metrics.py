@@ -45,7 +45,8 @@ def test_in_process_metrics_count_visits_and_errors(client: FlaskClient) -> None
 @pytest.mark.slow
 def test_multiprocess_metrics_under_gunicorn(pg_database: str, tmp_path: Path) -> None:
     assert migrate(pg_database, tmp_path).returncode == 0
-    env = base_env(pg_database, tmp_path, WEB_CONCURRENCY="3", BUILD_NUMBER="9")
+    # Loopback is always served: the listener's allow-list (tests/app/test_proxies.py) lets this test in.
+    env = base_env(pg_database, tmp_path, WEB_CONCURRENCY="3", BUILD_NUMBER="9", METRICS_ALLOWED_CIDRS="10.9.0.0/24")
     server = run_gunicorn(env, tmp_path / "gunicorn.log")
     try:
         session = requests.Session()
@@ -61,5 +62,8 @@ def test_multiprocess_metrics_under_gunicorn(pg_database: str, tmp_path: Path) -
         assert value(metrics, "tally_db_pool_size") == 12  # 3 live workers x DB_POOL_SIZE 4
         assert value(metrics, "tally_db_pool_checked_out") == 0
         assert value(metrics, "tally_app_info", version=f"{released_version()}+build.9") >= 1
+        # Both listeners' refusal series, the master's merged with the workers', exist from the start.
+        for listener in ("app", "metrics"):
+            assert value(metrics, "tally_requests_refused_total", listener=listener, reason="untrusted_peer") == 0
     finally:
         server.stop()

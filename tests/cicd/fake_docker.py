@@ -12,8 +12,11 @@ Scenario knobs in the state file:
 - "default_replicas": replicas `compose up` starts when no --scale is given.
 - "ps_exit": exit code of `compose ps` (nothing printed when non-zero).
 - "unready_images": images whose replicas never answer /readyz 200 (`docker exec ... python -c ...`).
-- "drain_exit": exit code of `docker exec <id> python -m app.drain ...` (0: Traefik took it out); each
-  container records "drained" (whether it was asked) and the arguments it was given.
+- "drain_exit": exit code of `docker exec -i <id> python -m app.drain ...` (0: Traefik took it out); each
+  container records "drained" (whether it was asked) and the arguments it was given; the call records the
+  first snapshot of Traefik's metrics the drain read on stdin ("drain_feed").
+- "traefik_metrics": what `docker exec <traefik> wget ...` prints (Traefik's metrics, read inside its
+  container); "traefik_down": `compose ps -q traefik` lists nothing.
 - "bad_page_images": images whose replicas answer GET / with a 500; the fake `curl` (same script, called
   as `curl`) fails while any running replica has such an image, as Traefik's round robin would.
 """
@@ -26,6 +29,7 @@ import sys
 from typing import Any
 
 State = dict[str, Any]
+TRAEFIK_ID = "traefik" + "0" * 57
 
 
 def load() -> State:
@@ -86,6 +90,8 @@ def compose(state: State, args: list[str]) -> int:
         if state.get("ps_exit"):
             return int(state["ps_exit"])
         service = rest[-1]
+        if service == "traefik" and not state.get("traefik_down"):
+            print(TRAEFIK_ID)
         for c in running(state, service):
             print(c["id"])
         return 0
@@ -113,7 +119,21 @@ def compose(state: State, args: list[str]) -> int:
     return 3
 
 
+def read_snapshot() -> str:
+    lines = []
+    for line in sys.stdin:
+        if line.rstrip("\n") == "# EOF":
+            break
+        lines.append(line)
+    return "".join(lines)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:2] == ["exec", TRAEFIK_ID] and "wget" in argv:
+        # Read-only and concurrent with the drain's exec (the feed polls while it runs): no save.
+        print(load().get("traefik_metrics", ""), end="")
+        record(argv, rc=0)
+        return 0
     state = load()
     extra: dict[str, Any] = {}
     rc = 0
@@ -140,11 +160,12 @@ def main(argv: list[str]) -> int:
                     c["status"] = "exited"
                 extra["answer"] = f"{status}/{health}"
                 print(extra["answer"])
-        elif argv[0] == "exec" and argv[2:5] == ["python", "-m", "app.drain"]:
-            c = find(state, argv[1])
+        elif argv[:2] == ["exec", "-i"] and argv[3:6] == ["python", "-m", "app.drain"]:
+            c = find(state, argv[2])
             rc = 1 if c is None or c["status"] != "running" else int(state.get("drain_exit", 0))
             if c is not None:
-                c["drained"], c["drain_args"] = True, argv[5:]
+                c["drained"], c["drain_args"] = True, argv[6:]
+                extra["drain_feed"] = read_snapshot()
             print("drain: out of Traefik's rotation after 1.2s" if rc == 0 else "drain: Traefik did not report")
         elif argv[0] == "exec":
             c = find(state, argv[1])

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from harness import REPO_ROOT
+from tests.cicd.fake_docker import TRAEFIK_ID
 
 pytestmark = pytest.mark.slow  # each test runs deploy.sh, which starts the fake `docker` (Python) many times
 
@@ -120,8 +121,8 @@ def events(r: Result) -> list[str]:
             out.append(f"up {c['image_env']}")
         elif a[0] == "inspect" and c.get("answer") == "running/healthy":
             out.append(f"healthy {a[-1][:6]}")
-        elif a[0] == "exec" and "app.drain" in a:
-            out.append(f"drain {a[1][:6]}")
+        elif a[:2] == ["exec", "-i"] and "app.drain" in a:
+            out.append(f"drain {a[2][:6]}")
         elif a[0] in ("stop", "rm"):
             out.append(f"{a[0]}{' -f' if '-f' in a else ''} {a[-1][:6]}")
     return out
@@ -323,18 +324,37 @@ def test_failing_compose_ps_stops_before_anything_changes(project: Path) -> None
 
 
 def test_old_replica_is_drained_from_traefik_before_it_stops(project: Path) -> None:
-    r = run_deploy(project, NEW, DRAIN_TIMEOUT="7", TRAEFIK_METRICS_URL="http://edge-proxy:9100/metrics")
+    up = 'traefik_service_server_up{service="tally@docker",url="http://172.31.240.10:8000"} 1\n'
+    r = run_deploy(
+        project,
+        NEW,
+        scenario={"traefik_metrics": up},
+        DRAIN_TIMEOUT="7",
+        TRAEFIK_METRICS_URL="http://127.0.0.1:9100/metrics",
+    )
     assert r.rc == 0, r.err
     drains = [c["argv"] for c in r.calls if "app.drain" in c["argv"]]
     assert len(drains) == 2
     # Run inside the old replica, with every address it has (Traefik's metrics name the server by one of them),
     # after Traefik reports its successor (new001, the third container) up.
-    assert drains[0][:2] == ["exec", "old001" + "e" * 58]
-    assert drains[0][2:] == [
-        "python", "-m", "app.drain", "--metrics-url", "http://edge-proxy:9100/metrics", "--timeout", "7",
+    assert drains[0][:3] == ["exec", "-i", "old001" + "e" * 58]
+    assert drains[0][3:] == [
+        "python", "-m", "app.drain", "--metrics-url", "-", "--timeout", "7",
         "--after-up", "172.31.240.12", "--after-up", "172.31.241.12", "172.31.240.10", "172.31.241.10",
     ]  # fmt: skip
     assert "out of Traefik's rotation after 1.2s" in r.out
+    # The replica does not open Traefik's metrics port: they are read inside Traefik's container and fed to it.
+    reads = [c["argv"] for c in r.calls if c["argv"][:2] == ["exec", TRAEFIK_ID]]
+    assert reads and all(a[2:] == ["wget", "-q", "-T", "2", "-O", "-", "http://127.0.0.1:9100/metrics"] for a in reads)
+    assert all(c["drain_feed"] == up for c in r.calls if "app.drain" in c["argv"])
+
+
+def test_without_a_running_traefik_the_replica_is_stopped_undrained(project: Path) -> None:
+    r = run_deploy(project, NEW, scenario={"traefik_down": True})
+    assert r.rc == 0, r.err
+    assert "no running traefik container to read the drain from" in r.err
+    assert not any("app.drain" in c["argv"] for c in r.calls)
+    assert images_running(r) == [NEW, NEW]
 
 
 @pytest.mark.parametrize("drain_exit", [3, 4])

@@ -29,14 +29,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 # Every metrics port of the stack but Prometheus's own: only Prometheus may reach them.
 METRICS = ("node-exporter:9100", "postgres-exporter:9187", "traefik:8082", "app:9200", "blackbox:9115")
 # What each service still shares with a metrics port besides its own (docs/security.md, "Known gaps"):
-# Traefik shares edge with blackbox (its probe takes the visitor's path) and app with the replicas' :9200;
-# Grafana meets Traefik on a network of its own, where Traefik's metrics entrypoint still listens. Each
-# exporter meets Prometheus on a network of its own: it reaches no other exporter.
-SHARED = {
-    "grafana": {"traefik:8082"},
-    "traefik": {"app:9200", "blackbox:9115"},
-    "blackbox": {"traefik:8082"},
-}
+# Traefik shares edge with blackbox (its probe takes the visitor's path), and blackbox's listener answers on
+# every network. Traefik's :8082 and the app's :9200 answer 403 to everyone but Prometheus and loopback
+# (test_metrics_listeners_refuse_their_network_neighbours). Each exporter meets Prometheus on a network of
+# its own: it reaches no other exporter.
+SHARED = {"traefik": {"blackbox:9115"}}
+STATUS_LINE = re.compile(r"HTTP/1\.[01] (\d{3})")
 
 
 def test_every_container_runs_with_its_pids_limit(stack: Stack) -> None:
@@ -169,6 +167,65 @@ def test_only_prometheus_reaches_the_metrics_ports(stack: Stack) -> None:
         return {t["labels"]["job"] for t in targets if t["health"] == "up"}
 
     wait_until(lambda: jobs <= up(), timeout=120, interval=2, message=f"Prometheus scrapes {sorted(jobs)}")
+
+
+def status_from(stack: Stack, service: str, url: str) -> int | None:
+    """The HTTP status `service`'s own container gets from `url` (wget -S prints the response's status line),
+    None when nothing answered."""
+    result = stack.exec(service, "wget", "-S", "-t", "1", "-T", "3", "-O", "/dev/null", url, check=False, timeout=60)
+    statuses = STATUS_LINE.findall(result.stderr)
+    return int(statuses[-1]) if statuses else None
+
+
+def status_from_replica(stack: Stack, replica: str, url: str) -> int | None:
+    script = (
+        "import sys, urllib.error, urllib.request\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(sys.argv[1], timeout=3).status)\n"
+        "except urllib.error.HTTPError as exc:\n"
+        "    print(exc.code)\n"
+        "except OSError:\n"
+        "    print('none')\n"
+    )
+    out = stack.engine.docker("exec", replica, "python", "-c", script, url).stdout.strip()
+    return None if out == "none" else int(out)
+
+
+def refused_on(stack: Stack, replica: str, listener: str) -> float:
+    script = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9200/metrics', timeout=5).read().decode())"
+    text = stack.engine.docker("exec", replica, "python", "-c", script).stdout
+    pattern = rf'^tally_requests_refused_total\{{[^}}]*listener="{listener}"[^}}]*\}} ([0-9.e+]+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_metrics_listeners_refuse_their_network_neighbours(stack: Stack) -> None:
+    """The metrics ports of the two services that must share networks with others answer only Prometheus (and
+    their own loopback), and the app counts and logs whom it refused."""
+    replicas = stack.container_ids("app")
+    assert replicas
+    # Traefik's :8082: Grafana (network `grafana`), blackbox (`edge`) and the replicas (`app`) open it and
+    # get 403 on both routes, while Traefik's own loopback (its health check) is served.
+    for service in ("grafana", "blackbox"):
+        for path in ("/metrics", "/ping"):
+            assert status_from(stack, service, f"http://traefik:8082{path}") == 403, (service, path)
+    assert status_from(stack, "traefik", "http://127.0.0.1:8082/metrics") == 200
+    # (A 403 is Traefik's answer: each of them does open the port.)
+    for replica in replicas:
+        assert status_from_replica(stack, replica, "http://traefik:8082/metrics") == 403, replica
+    # The replicas' :9200: Traefik (network `app`) gets 403 from each; the replica itself is served.
+    traefik = stack.container_ids("traefik")[0]
+    traefik_address = ip_on(stack, traefik, "app")
+    before = {replica: refused_on(stack, replica, "metrics") for replica in replicas}
+    for replica in replicas:
+        target = f"http://{ip_on(stack, replica, 'app')}:9200/metrics"
+        assert status_from(stack, "traefik", target) == 403, replica
+        assert status_from_replica(stack, replica, "http://127.0.0.1:9200/metrics") == 200
+    # ... counted by each replica and logged with Traefik's address (the operator's view of an intruder).
+    for replica in replicas:
+        assert refused_on(stack, replica, "metrics") == before[replica] + 1, replica
+    logs = [json.loads(line) for line in stack.logs("app").splitlines() if "refused a peer" in line]
+    assert any(entry.get("listener") == "metrics" and entry.get("peer") == traefik_address for entry in logs), logs[-5:]
+    # Prometheus, the one reader: both jobs up (test_only_prometheus_reaches_the_metrics_ports waits for that).
 
 
 # --- Grafana's router (the stand-in image: docs/container-testing.md) -------------------------------------------

@@ -3,6 +3,7 @@ configuration coverage and the database connection budget."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,16 @@ def test_network_isolation(model: dict[str, Any], services: dict[str, Any]) -> N
     # The app trusts X-Forwarded-For only from the app network's subnet.
     subnet = networks["app"]["ipam"]["config"][0]["subnet"]
     assert services["app"]["environment"]["TRUSTED_PROXY_CIDRS"] == subnet
+    # Each metrics port serves only Prometheus's network to it (and loopback): the app's metrics port the
+    # app-metrics subnet, Traefik's :8082 (traefik/dynamic/metrics.yml) traefik-metrics. No other network's
+    # members are let in (the deploy's drain reads Traefik's metrics over Traefik's own loopback).
+    subnets = {name: net["ipam"]["config"][0]["subnet"] for name, net in networks.items() if net.get("ipam")}
+    assert set(subnets) == {"app", "app-metrics", "traefik-metrics"}
+    fixed = [ipaddress.ip_network(s) for s in subnets.values()]
+    assert not any(a.overlaps(b) for i, a in enumerate(fixed) for b in fixed[i + 1 :]), subnets
+    assert services["app"]["environment"]["METRICS_ALLOWED_CIDRS"] == subnets["app-metrics"]
+    traefik_allowed = services["traefik"]["environment"]["METRICS_ALLOWED_CIDRS"].split(",")
+    assert traefik_allowed == ["127.0.0.1/32", "::1/128", subnets["traefik-metrics"]]
 
 
 def test_every_service_has_a_pids_limit(services: dict[str, Any]) -> None:

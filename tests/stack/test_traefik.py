@@ -16,6 +16,7 @@ LE_ENV = {"DOMAIN": "tally.example.com", "ACME_EMAIL": "ops@example.com"}
 # Keys the file provider accepts at each level we use (typos are silently ignored by Traefik).
 KNOWN_MIDDLEWARE_TYPES = {
     "chain",
+    "ipAllowList",
     "headers",
     "rateLimit",
     "retry",
@@ -147,6 +148,24 @@ def test_published_ports_are_the_public_entrypoints_only(model: dict[str, Any]) 
     published = {int(p["target"]): int(p["published"]) for p in model["services"]["traefik"]["ports"]}
     assert set(published) == {addresses["web"], addresses["websecure"]}
     assert addresses["metrics"] not in published
+
+
+def test_metrics_and_ping_are_routed_by_hand_behind_the_allow_list(model: dict[str, Any]) -> None:
+    """With manual routing the internal services exist only through the routers of metrics.yml, each of them
+    on the metrics entrypoint behind the allow-list Traefik fills from its METRICS_ALLOWED_CIDRS."""
+    f = static_flags(model)
+    assert f["metrics.prometheus.manualrouting"] == "true" and f["ping.manualrouting"] == "true"
+    doc = load_yaml(REPO / "traefik" / "dynamic" / "metrics.yml")
+    routers = doc["http"]["routers"]
+    assert {r["service"] for r in routers.values()} == {"prometheus@internal", "ping@internal"}
+    for name, router in routers.items():
+        assert router["entryPoints"] == [f["metrics.prometheus.entrypoint"]] == [f["ping.entrypoint"]], name
+        assert router["middlewares"] == ["metrics-clients"], name
+    allow = doc["http"]["middlewares"]["metrics-clients"]["ipAllowList"]
+    # The TCP peer, never a header: no ipStrategy.
+    assert set(allow) == {"sourceRange"}
+    assert allow["sourceRange"] == '{{ env "METRICS_ALLOWED_CIDRS" | default "127.0.0.1/32,::1/128" }}'
+    assert "METRICS_ALLOWED_CIDRS" in model["services"]["traefik"]["environment"]
 
 
 def test_healthcheck_matches_the_ping_entrypoint(model: dict[str, Any]) -> None:
