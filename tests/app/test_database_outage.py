@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,6 @@ from app.config import load_config
 from harness.gunicorn import base_env, migrate, run_gunicorn
 from harness.postgres import PostgresServer
 from harness.procs import wait_until
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A server of its own: this test stops it, which would break the shared one."""
-    server = PostgresServer.create(max_connections=50)
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,15 +51,6 @@ def test_watchdog_ends_the_worker_only_past_the_limit() -> None:
     now[0] += 11
     assert not watchdog.check()
     assert exits == [WEDGED_EXIT_STATUS]
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer.create(max_connections=40)
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.mark.slow

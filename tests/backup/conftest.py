@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -22,6 +23,15 @@ from harness.postgres import SUPERUSER, PostgresServer
 BIN = REPO_ROOT / "backup" / "bin"
 TEMPLATE = "tally_backup_template"
 RUN_TIMEOUT_S = 120  # deadline of one sidecar command
+
+
+def run_sidecar(
+    command: str, *args: str, env: dict[str, str], timeout: float = RUN_TIMEOUT_S, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    """One sidecar command from backup/bin, as the container runs it, with its output captured."""
+    return subprocess.run(
+        [str(BIN / command), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False, **popen
+    )
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +53,7 @@ class Sidecar:
     env: dict[str, str] = field(default_factory=dict)
 
     def run(self, command: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / command), *args],
-            env=self.env | env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-            check=False,
-        )
+        return run_sidecar(command, *args, env=self.env | env)
 
     def popen(self, command: str, *args: str, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

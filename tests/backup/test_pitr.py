@@ -29,7 +29,7 @@ from harness.gunicorn import migrate
 from harness.postgres import SUPERUSER, PostgresServer
 from harness.procs import free_port, stop_process, wait_until
 
-from .conftest import BIN, summary
+from .conftest import BIN, run_sidecar, summary
 from .test_offsite import FAKE_AWS
 
 pytestmark = pytest.mark.slow
@@ -87,15 +87,7 @@ class Cluster:
         return self.server.url("tally")
 
     def run(self, command: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / command), *args],
-            env=self.env | env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            **as_postgres(),  # type: ignore[arg-type]
-        )
+        return run_sidecar(command, *args, env=self.env | env, timeout=300, **as_postgres())
 
     def start_scheduler(self, schedule: str = "off") -> None:
         self.scheduler = subprocess.Popen(
