@@ -68,7 +68,10 @@ def test_restore_pitr_to_latest_and_to_a_moment(stack: Stack) -> None:
     line = restore_pitr(stack, "latest")
     assert wait_until(lambda: counts(stack), timeout=120, interval=1, message="the app answers") == acknowledged, line
 
-    # As it was at that moment, though the server now runs a later timeline.
+    # As it was at that moment, though the server now runs a later timeline. Until the sidecar has streamed
+    # the new timeline's first segment, the end of the old timeline sits in the archive only as a .partial
+    # that recovery does not read (docs/backup-restore.md): CI run F restored too early and stopped short.
+    wait_streamed(stack)
     line = restore_pitr(stack, moment)
     restored = wait_until(lambda: counts(stack), timeout=120, interval=1, message="the app answers")
     assert restored == at_moment, (moment, line)
