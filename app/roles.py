@@ -82,7 +82,12 @@ _FOREIGN_OBJECTS = """
 
 def _cursor(connection: Connection) -> Any:
     """The DBAPI cursor inside the connection's current transaction: role statements take literals
-    (a password verifier), which psycopg2's own SQL composition quotes safely."""
+    (a password verifier), which psycopg2's own SQL composition quotes safely.
+
+    The transaction is begun here when need be, so that SQLAlchemy knows of it and the caller's rollback
+    reaches the server after a failed statement."""
+    if not connection.in_transaction():
+        connection.begin()
     return connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 

@@ -19,7 +19,7 @@ from alembic import context
 from flask import current_app
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from app import roles
 from app.config import Config
@@ -46,8 +46,10 @@ def _forget_foreign_revision(connection: Connection) -> None:
         connection.execute(text("DELETE FROM alembic_version"))
 
 
-def _lock_not_available(exc: OperationalError) -> bool:
-    return getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE
+def _lock_not_available(exc: Exception) -> bool:
+    # The role steps use the driver's cursor, whose errors arrive unwrapped.
+    driver_error = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(driver_error, "pgcode", None) == LOCK_NOT_AVAILABLE
 
 
 def _with_lock_retries(connection: Connection, config: Config, step: str, work: Callable[[], None]) -> None:
@@ -58,7 +60,9 @@ def _with_lock_retries(connection: Connection, config: Config, step: str, work: 
             work()
             connection.commit()
             return
-        except OperationalError as exc:
+        except Exception as exc:
+            # Roll back before anything else touches the connection, or the cleanup fails on the aborted
+            # transaction and hides this error.
             connection.rollback()
             if not _lock_not_available(exc):
                 raise

@@ -207,3 +207,25 @@ def test_backup_role_dumps_and_restores(database: str, tmp_path: Path, server: P
     assert visit(database) == 2
     migrate_with_roles(database, tmp_path)
     assert visit(database) == 3
+
+
+def test_a_bootstrap_role_that_cannot_create_roles_is_named_as_the_cause(
+    database: str, tmp_path: Path, server: PostgresServer
+) -> None:
+    """A managed server's bootstrap role without CREATEROLE: the operator must read PostgreSQL's own refusal,
+    not the aborted transaction that the cleanup would otherwise trip over."""
+    name = make_url(database).database
+    weak = f"weak_{uuid.uuid4().hex[:8]}"
+    server.execute(f"CREATE ROLE {weak} LOGIN")
+    server.execute(f'ALTER DATABASE "{name}" OWNER TO {weak}')
+    weak_url = make_url(database).set(username=weak).render_as_string(hide_password=False)
+    try:
+        result = migrate(weak_url, tmp_path, **PASSWORDS)
+        assert result.returncode != 0
+        assert "InsufficientPrivilege: permission denied" in result.stderr
+        assert "current transaction is aborted" not in result.stderr
+        tables = server.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'", database=name)
+        assert tables == []  # nothing was half-done
+    finally:
+        server.execute(f'ALTER DATABASE "{name}" OWNER TO postgres')
+        server.execute(f"DROP ROLE {weak}")

@@ -16,6 +16,7 @@ from sqlalchemy import make_url
 from harness import REPO_ROOT
 from harness.gunicorn import base_env, migrate
 from harness.procs import wait_until
+from tests.app.test_db_roles import PASSWORDS
 from tests.app.test_migrations import LEGACY_ROWS, create_legacy_schema
 
 RETRY_MESSAGE = "lock not available within"
@@ -98,4 +99,19 @@ def test_migration_gives_up_without_changing_anything(
         assert cursor.fetchone() == (None, True)
         cursor.execute("SELECT version_num FROM alembic_version")
         assert cursor.fetchall() == [("e0f6b6d1a2c3",)]
+    check.close()
+
+
+def test_role_provisioning_backs_off_too(
+    pg_database: str, dump_holding_the_legacy_table: psycopg2.extensions.connection, tmp_path: Path
+) -> None:
+    """Giving the tables to the owner role needs the same lock as a schema change (an upgrade to roles
+    during the nightly dump); its driver-level lock error must take the same back-off path."""
+    result = migrate(pg_database, tmp_path, MIGRATION_LOCK_TIMEOUT_MS="50", MIGRATION_LOCK_ATTEMPTS="2", **PASSWORDS)
+    assert result.returncode == 1, result.stderr
+    assert "migrations: roles: no lock within 50 ms in 2 attempts" in result.stderr
+    dump_holding_the_legacy_table.rollback()
+    with psycopg2.connect(dsn(pg_database)) as check, check.cursor() as cursor:
+        cursor.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'visitor'")
+        assert cursor.fetchone() != ("tally_owner",)
     check.close()
