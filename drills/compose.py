@@ -48,15 +48,9 @@ ALERTMANAGER_API = "http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D%22" 
 # 2m `for:` + scrape and evaluation intervals + Alertmanager group_wait.
 ALERT_DEADLINE_S = 300
 STOP_GRACE_S = 30  # compose/app.yaml stop_grace_period
-# Read inside Traefik's container and piped into the replica's drain, as scripts/deploy.sh does: the replicas
-# do not reach Traefik's metrics port (traefik/dynamic/metrics.yml).
-TRAEFIK_METRICS_URL = "http://127.0.0.1:8082/metrics"
-# $1 docker, $2 Traefik's container, $3 the URL: a snapshot of its metrics and "# EOF" (app/drain.py
-# --metrics-url -) until the drain is gone (SIGPIPE ignored, the failed write ends the loop).
-_METRICS_FEED = (
-    'trap "" PIPE; while :; do "$1" exec "$2" wget -q -T 2 -O - "$3" 2>/dev/null || true; '
-    'printf "# EOF\\n" 2>/dev/null || exit 0; sleep 0.25; done'
-)
+# Feeds the drain Traefik's metrics, read inside Traefik's container (the replicas do not reach its metrics
+# port, traefik/dynamic/metrics.yml): the deploy script's own feed, so both drain the same way.
+DEPLOY_SCRIPT = REPO_ROOT / "scripts" / "deploy.sh"
 DRAIN_TIMEOUT_S = 15
 # The visitor-facing bound around a replica loss (docs/reliability.md): reported, not judged.
 SLOW_RESPONSE_S = 5.0
@@ -110,9 +104,12 @@ class ComposeCommands:
 
     def drain(self, container: str, addresses: Sequence[str], traefik: str) -> list[str]:
         """app.drain in the replica, fed Traefik's metrics; the pipeline's status is the drain's."""
-        script = f'({_METRICS_FEED}) | "$1" exec -i "$4" python -m app.drain --metrics-url - --timeout "$5" "${{@:6}}"'
+        script = (
+            'DOCKER="$1" bash "$2" --metrics-feed "$3" |'
+            ' "$1" exec -i "$4" python -m app.drain --metrics-url - --timeout "$5" "${@:6}"'
+        )
         return [
-            "bash", "-c", script, "drain", self.docker, traefik, TRAEFIK_METRICS_URL, container, str(DRAIN_TIMEOUT_S),
+            "bash", "-c", script, "drain", self.docker, str(DEPLOY_SCRIPT), traefik, container, str(DRAIN_TIMEOUT_S),
             *addresses,
         ]  # fmt: skip
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import gevent  # type: ignore[import-untyped]  # no stubs; Locust runs on it
 import requests
 from locust import events
 from locust.env import Environment
@@ -74,6 +76,7 @@ class Run:
     started_at: float = 0.0
     visitors_before: int | None = None
     ledger: TextIO | None = None
+    ctrl_c: Any = None  # gevent's SIGINT watcher, kept alive for the process
 
 
 RUN = Run()
@@ -81,6 +84,7 @@ RUN = Run()
 
 @events.init.add_listener
 def _init(environment: Environment, **_kwargs: Any) -> None:
+    _ctrl_c_in_the_main_greenlet()
     options = environment.parsed_options
     if options is not None and options.ledger:
         # In every process: the requests are made in the workers when there are workers.
@@ -94,6 +98,20 @@ def _init(environment: Environment, **_kwargs: Any) -> None:
         except ValueError as exc:
             sys.stderr.write(f"loadtest: {exc}\n")
             sys.exit(2)
+
+
+def _ctrl_c_in_the_main_greenlet() -> None:
+    """Locust stops gracefully on Ctrl-C by catching KeyboardInterrupt in its main greenlet: users finish
+    the request in flight (--stop-timeout), then the summary. But Python raises the KeyboardInterrupt in
+    whichever greenlet runs when SIGINT arrives (gevent/gevent#1815), often a user between sending a
+    request and recording it: that user dies without its ledger line although the target saw the request,
+    and in gevent's own callbacks it can cut a wake-up short. Handled in gevent's loop instead, the
+    interrupt reaches the main greenlet, and only while it waits (background.py stops the drills' load with
+    SIGINT, an operator with Ctrl-C)."""
+    hub = gevent.get_hub()
+    RUN.ctrl_c = gevent.signal_handler(
+        signal.SIGINT, lambda: hub.loop.run_callback(hub.parent.throw, KeyboardInterrupt)
+    )
 
 
 @events.test_start.add_listener

@@ -6,6 +6,7 @@
 #   scripts/deploy.sh 1.3.0-build.57                              # tag only: keeps the current repository
 #   scripts/deploy.sh --rollback                                  # back to the image recorded before the last deploy
 #   scripts/deploy.sh --no-pull tally:local                       # an image built on this host (no registry)
+#   scripts/deploy.sh --metrics-feed <traefik container id>       # only the drain's input (below); deploys nothing
 #
 # Order: record the running image -> pull -> `migrate` service -> for every old app replica: start one new
 # replica next to it, wait until Docker reports it healthy (liveness) AND its /readyz answers 200 (database
@@ -69,7 +70,7 @@ die() { warn "ERROR: $*"; exit 1; }
 short() { printf '%s' "${1:0:12}"; }
 
 usage() {
-    sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -244,7 +245,8 @@ addresses_of() {
 }
 
 # Snapshots of Traefik's metrics on stdout, each ended by "# EOF" (app/drain.py --metrics-url -), until the
-# reader goes away (SIGPIPE ignored: the failed write ends the loop, and the function returns 0).
+# reader goes away (SIGPIPE ignored: the failed write ends the loop, and the function returns 0). Also run
+# alone (--metrics-feed) by the compose drills' graceful restart (drills/compose.py), which drains the same way.
 traefik_metrics_feed() {
     local traefik=$1
     trap '' PIPE
@@ -345,6 +347,11 @@ on_exit() {
 
 main() {
     local arg="" mode=deploy old_ids=() n i id
+    if [[ ${1:-} == --metrics-feed ]]; then
+        (($# == 2)) || usage
+        traefik_metrics_feed "$2"
+        return 0
+    fi
     while (($#)); do
         case $1 in
             --rollback) mode=rollback ;;

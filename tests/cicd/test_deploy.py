@@ -250,6 +250,10 @@ def test_first_deploy_without_running_replicas(project: Path) -> None:
 def test_usage_errors(project: Path) -> None:
     assert run_deploy(project).rc == 2
     assert run_deploy(project, "a", "b").rc == 2
+    # The feed alone (drills/compose.py runs it; tests/drills/test_units.py) takes exactly one container.
+    assert run_deploy(project, "--metrics-feed").rc == 2
+    assert run_deploy(project, "--metrics-feed", "a", "b").rc == 2
+    assert run_deploy(project, "a", "--metrics-feed", "b").rc == 2
 
 
 def test_shellcheck_clean() -> None:

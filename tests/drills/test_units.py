@@ -4,6 +4,7 @@ corpus, and the compose commands operators run (they cannot run here: no Docker 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,9 +127,33 @@ def test_compose_graceful_restart_drains_each_replica_from_traefik_before_stoppi
     for container in ("c0ffee000001", "c0ffee000002"):
         drain = commands.index(next(c for c in commands if "app.drain" in " ".join(c) and container in c))
         assert commands[drain][-2:] == ["172.31.240.10", "172.31.241.10"]  # every address it has
-        # Traefik's metrics read inside Traefik's container and piped in: the replica cannot open that port.
-        assert commands[drain][4:8] == ["docker", "7ea0f1c00001", "http://127.0.0.1:8082/metrics", container]
+        # Fed by the deploy script's own feed of Traefik's metrics (read inside Traefik's container).
+        assert commands[drain][4:9] == ["docker", str(compose.DEPLOY_SCRIPT), "7ea0f1c00001", container, "15"]
         assert drain < commands.index(next(c for c in commands if c[1] == "stop" and c[-1] == container))
+
+
+def test_compose_drain_runs_the_deploy_scripts_feed_into_the_replicas_drain(tmp_path: Path) -> None:
+    """The drain command itself, against a stand-in `docker`: the replica's drain reads the snapshots that
+    scripts/deploy.sh --metrics-feed fetches inside Traefik's container, and its status is the command's."""
+    docker = tmp_path / "docker"
+    docker.write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >>"$0.calls"\n'
+        'case "$1 $2 $3" in\n'
+        "  'exec traefik01 wget') echo 'traefik_service_server_up{url=\"http://172.31.240.10:8000\"} 0' ;;\n"
+        "  'exec -i replica01') sed '/^# EOF$/q' >\"$0.fed\"; exit 4 ;;\n"
+        "esac\n"
+    )
+    docker.chmod(0o755)
+    argv = compose.ComposeCommands(docker=str(docker)).drain("replica01", ["172.31.240.10"], "traefik01")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    assert (tmp_path / "docker.fed").read_text() == (
+        'traefik_service_server_up{url="http://172.31.240.10:8000"} 0\n# EOF\n'
+    )
+    calls = (tmp_path / "docker.calls").read_text().splitlines()
+    assert "exec traefik01 wget -q -T 2 -O - http://127.0.0.1:8082/metrics" in calls
+    assert "exec -i replica01 python -m app.drain --metrics-url - --timeout 15 172.31.240.10" in calls
 
 
 def test_compose_commands_follow_compose_env_unless_files_are_given() -> None:

@@ -30,7 +30,8 @@ import pytest
 from harness import REPO_ROOT
 from harness.gunicorn import Gunicorn, base_env, migrate, run_gunicorn
 from harness.postgres import PostgresServer
-from harness.procs import free_port
+from harness.procs import free_port, wait_until
+from loadtest.background import Load
 
 pytestmark = pytest.mark.slow  # every test runs Locust in a subprocess
 
@@ -402,3 +403,23 @@ def test_self_signed_https_needs_the_explicit_opt_out(
     assert insecure.returncode == 0, insecure.stdout + insecure.stderr[-3000:]
     assert summary_of(insecure)["failures"] == "0"
     assert int(summary_of(insecure)["requests"]) > 0
+
+
+def test_background_load_stopped_with_ctrl_c_keeps_every_request_the_target_saw_in_its_ledger(
+    stub_factory: Any, tmp_path: Path
+) -> None:
+    # The drills' rule: a request the app saw (and may have counted) must be in the ledger, so stopping the
+    # background load (SIGINT) lets the requests in flight finish. The interrupt must reach Locust's main
+    # greenlet: raised in a user or in gevent's loop (Python's default), it prints its traceback to the log
+    # and can end a user between its request and its ledger line (loadtest/locustfile.py).
+    target = stub_factory(delay_s=1.0)
+    load = Load.start(target.url, tmp_path / "load", users=3, user_rps="max")
+    try:
+        wait_until(lambda: target.in_flight > 0, timeout=30, message="requests in flight")
+    finally:
+        result = load.stop()
+    log = load.log()
+    assert load.process.returncode is not None and load.process.returncode >= 0, log[-2000:]  # not SIGKILLed
+    assert "KeyboardInterrupt" not in log, log[-3000:]
+    assert result.visits and all(r.status == 200 and r.ok for r in result.requests)
+    assert len(result.visits) == target.pages_asked
