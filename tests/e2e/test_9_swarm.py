@@ -171,6 +171,8 @@ def test_visits_count_through_traefik_and_prometheus_finds_every_task(swarm: Swa
         assert status == 200, body
     assert swarm.stats()["total_visits"] == before + 5
     wait_until(lambda: swarm.prometheus_targets("tally-app") == 2, timeout=90, interval=3, message="2 app targets")
+    # blackbox admits Prometheus: the blackbox_password and blackbox_web_config Swarm secrets agree.
+    wait_until(lambda: swarm.prometheus_targets("blackbox-https") == 1, timeout=90, interval=3, message="blackbox")
 
 
 def app_image(swarm: Swarm) -> str:
