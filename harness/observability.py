@@ -53,12 +53,15 @@ ALERTMANAGER_CONFIG = REPO_ROOT / "alertmanager" / "alertmanager.yml"
 WEBHOOK_LOGGER = REPO_ROOT / "alertmanager" / "webhook_logger.py"
 BLACKBOX_CONFIG = REPO_ROOT / "blackbox" / "blackbox.yml"
 GRAFANA_DASHBOARDS = REPO_ROOT / "grafana" / "dashboards"
+SECRETS_INIT = REPO_ROOT / "scripts" / "secrets_init.py"
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
 POSTGRES_EXPORTER_BIN = "/usr/bin/prometheus-postgres-exporter"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
 BLACKBOX_EXPORTER_BIN = "/usr/bin/prometheus-blackbox-exporter"
+# Where the containers find their secret files; natively, a directory of the test's own.
+CONTAINER_SECRETS = Path("/run/secrets")
 
 
 # --------------------------------------------------------------------------- processes
@@ -124,13 +127,15 @@ def prometheus_test_config(
     rule_files: Iterable[str],
     interval: str = "1s",
     blackbox: str | None = None,
+    secrets_dir: Path | None = None,
     source: Path = PROMETHEUS_CONFIG,
 ) -> dict[str, Any]:
     """Our prometheus.yml with each kept job's discovery replaced by static local targets.
 
     Job names, metrics paths, params and relabelling stay as shipped; jobs absent from ``targets``
     are dropped (their exporters are not running). For the blackbox job ``targets`` holds the
-    probed URLs and ``blackbox`` the exporter address that the relabelling points at.
+    probed URLs and ``blackbox`` the exporter address that the relabelling points at. A kept job's
+    ``password_file`` under /run/secrets/ is read from ``secrets_dir`` instead.
     """
     config: dict[str, Any] = copy.deepcopy(load_yaml(source))
     config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
@@ -152,6 +157,11 @@ def prometheus_test_config(
                 if not blackbox:
                     raise ValueError(f"job {name} relabels __address__: pass blackbox=host:port")
                 rule["replacement"] = blackbox
+        auth = job.get("basic_auth") or {}
+        if "password_file" in auth:
+            if not secrets_dir:
+                raise ValueError(f"job {name} reads {auth['password_file']}: pass secrets_dir")
+            auth["password_file"] = str(secrets_dir / Path(auth["password_file"]).relative_to(CONTAINER_SECRETS))
         kept.append(job)
     unknown = set(targets) - {job["job_name"] for job in config["scrape_configs"]}
     if unknown:
@@ -488,15 +498,37 @@ def start_node_exporter(workdir: Path) -> Service:
     )
 
 
-def start_blackbox_exporter(workdir: Path, config: Path = BLACKBOX_CONFIG) -> Service:
+def write_secrets(directory: Path) -> Path:
+    """The stack's secret files as secrets-init makes them (scripts/secrets_init.py: generated values and the
+    derived files), in ``directory``, which stands in for /run/secrets."""
+    directory.mkdir(parents=True, exist_ok=True)
+    job = subprocess.run(
+        [sys.executable, str(SECRETS_INIT), "--import-dir", str(directory / "none"), "--store", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if job.returncode != 0:
+        raise RuntimeError(f"secrets_init.py failed: {job.stderr}")
+    return directory
+
+
+def start_blackbox_exporter(workdir: Path, config: Path = BLACKBOX_CONFIG, secrets_dir: Path | None = None) -> Service:
+    """With ``secrets_dir`` (write_secrets) behind basic auth as in the stack: its blackbox_web_config."""
     find_tool(BLACKBOX_EXPORTER_BIN)
     port = free_port()
+    argv = [BLACKBOX_EXPORTER_BIN, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"]
+    auth = None
+    if secrets_dir:
+        argv.append(f"--web.config.file={secrets_dir / 'blackbox_web_config'}")
+        auth = ("prometheus", (secrets_dir / "blackbox_password").read_text())
     return start_service(
         "blackbox-exporter",
-        [BLACKBOX_EXPORTER_BIN, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+        argv,
         port,
         workdir,
-        ready=lambda: _http_ok(f"http://127.0.0.1:{port}/-/healthy"),
+        ready=lambda: requests.get(f"http://127.0.0.1:{port}/-/healthy", auth=auth, timeout=1).status_code == 200,
     )
 
 
@@ -509,6 +541,8 @@ class ObservabilityStack:
     alertmanager: Alertmanager | None = None
     prometheus: Prometheus | None = None
     exporters: dict[str, Service] = field(default_factory=dict)
+    # The stand-in for /run/secrets when a started service reads a secret (write_secrets).
+    secrets_dir: Path | None = None
 
     def start_alerting(self, group_wait: str = "1s", group_interval: str = "1s") -> None:
         self.webhook = start_webhook_logger(self.workdir)
@@ -530,6 +564,7 @@ class ObservabilityStack:
             rule_files=rule_files,
             interval=interval,
             blackbox=blackbox.address if blackbox else None,
+            secrets_dir=self.secrets_dir,
         )
         self.prometheus = start_prometheus(self.workdir, config)
         return self.prometheus
@@ -560,6 +595,7 @@ __all__ = [
     "rule_expressions",
     "start_alertmanager",
     "start_blackbox_exporter",
+    "write_secrets",
     "start_node_exporter",
     "start_postgres_exporter",
     "start_prometheus",

@@ -26,6 +26,7 @@ SECRETS=(
     db_app_password:32
     db_backup_password:32
     db_exporter_password:32
+    blackbox_password:32
 )
 
 random_alnum() {

@@ -5,6 +5,9 @@ For each secret the stack needs:
     operator's own value (scripts/init-secrets.sh, Terraform) wins and editing the file rotates it;
   * else the volume already holds it                 -> keep it (restarts never change a secret);
   * else                                             -> generate a random value.
+Then the files derived from a secret: blackbox_web_config (blackbox_exporter's --web.config.file, a bcrypt
+hash of blackbox_password for the user `prometheus`) is rewritten whenever it is missing or no longer
+matches the password, so an existing install gets it and a rotated password updates it.
 A value is never printed. Files are written atomically (temp file + rename) and made 0444: the volume's
 directory belongs to this job's user, and each service mounts only its own files (volume subpath).
 
@@ -18,11 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import string
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+with warnings.catch_warnings():
+    # Deprecated since 3.11 and gone in 3.13; the image pins 3.11 (Dockerfile), whose libcrypt does bcrypt,
+    # so no dependency is added for one hash. A Python 3.13 image needs a pinned `bcrypt` wheel instead.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import crypt
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,19 @@ SPECS = (
     Spec("db_app_password", 16, 32),
     Spec("db_backup_password", 16, 32),
     Spec("db_exporter_password", 16, 32),
+    # Prometheus's basic-auth password at blackbox_exporter (the only user of /probe).
+    Spec("blackbox_password", 16, 32),
 )
+
+# blackbox_exporter's web config: derived from blackbox_password, never imported or edited by hand.
+WEB_CONFIG = "blackbox_web_config"
+WEB_CONFIG_SOURCE = "blackbox_password"
+WEB_CONFIG_USER = "prometheus"
+DERIVED = (WEB_CONFIG,)
+# 2^10 rounds: the password is 32 random characters, so the cost guards nothing; a cheap hash keeps each
+# check (the exporter verifies every request it has not cached) and this job under its CPU limit fast.
+BCRYPT_ROUNDS = 1 << 10
+BCRYPT_HASH = re.compile(r"^  " + WEB_CONFIG_USER + r" *: *'(\$2[aby]\$\d\d\$[./A-Za-z0-9]{53})'$", re.MULTILINE)
 
 # Values people leave in place from examples. Case-insensitive substring match.
 PLACEHOLDERS = ("change-me", "changeme", "change_me", "example", "placeholder")
@@ -173,6 +196,36 @@ def ensure(spec: Spec, import_dir: Path, store: Path) -> str:
     )
 
 
+def web_config(password: str) -> str:
+    """blackbox_exporter's web config (exporter-toolkit format) admitting WEB_CONFIG_USER with `password`."""
+    # bcrypt is the one hash exporter-toolkit accepts.
+    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=BCRYPT_ROUNDS))  # noqa: S324
+    if not hashed or not BCRYPT_HASH.search(f"  {WEB_CONFIG_USER}: '{hashed}'"):
+        raise Refused("this Python's crypt module cannot make bcrypt hashes; the image's libcrypt must support $2b$")
+    return (
+        f"# Derived from secrets/{WEB_CONFIG_SOURCE} by secrets-init (scripts/secrets_init.py); do not edit.\n"
+        f"basic_auth_users:\n  {WEB_CONFIG_USER}: '{hashed}'\n"
+    )
+
+
+def web_config_admits(config: str, password: str) -> bool:
+    match = BCRYPT_HASH.search(config)
+    return match is not None and crypt.crypt(password, match.group(1)) == match.group(1)
+
+
+def derive(store: Path) -> str | None:
+    """Bring blackbox_web_config in line with the stored password; None when there is no password (refused)."""
+    password = read_store(store / WEB_CONFIG_SOURCE)
+    if password is None:
+        return None
+    target = store / WEB_CONFIG
+    current = read_store(target)
+    if current is not None and web_config_admits(current, password):
+        return f"current   secrets/{WEB_CONFIG} (matches secrets/{WEB_CONFIG_SOURCE})"
+    write_atomically(target, web_config(password))
+    return f"derived   secrets/{WEB_CONFIG} from secrets/{WEB_CONFIG_SOURCE} (bcrypt hash, user {WEB_CONFIG_USER})"
+
+
 def run(import_dir: Path, store: Path) -> int:
     if not store.is_dir():
         print(f"secrets-init: {store} is not mounted (the secrets volume); check compose/app.yaml", file=sys.stderr)
@@ -185,6 +238,13 @@ def run(import_dir: Path, store: Path) -> int:
         except Refused as refused:
             print(f"secrets-init: refused: {refused}", file=sys.stderr)
             status = 1
+    try:
+        line = derive(store)
+    except Refused as refused:
+        print(f"secrets-init: refused: {refused}", file=sys.stderr)
+        return 1
+    if line:
+        print(f"secrets-init: {line}")
     return status
 
 

@@ -22,18 +22,15 @@ import pytest
 from harness.procs import free_port, wait_until
 from tests.e2e import client
 from tests.e2e.engine import Stack
-from tests.e2e.test_1_stack import services, stats, visit_figure
+from tests.e2e.test_1_stack import prometheus_api, services, stats, visit_figure
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
-# Every metrics port of the stack but Prometheus's own: only Prometheus may reach them.
+# Every metrics port of the stack but Prometheus's own: only Prometheus may reach them. Traefik's :8082 and
+# the app's :9200 answer 403 to everyone but Prometheus and loopback, blackbox's :9115 401 to everyone without
+# Prometheus's password (test_metrics_listeners_refuse_their_network_neighbours, test_blackbox_serves_only_
+# prometheus). Each exporter meets Prometheus on a network of its own: it reaches no other exporter.
 METRICS = ("node-exporter:9100", "postgres-exporter:9187", "traefik:8082", "app:9200", "blackbox:9115")
-# What each service still shares with a metrics port besides its own (docs/security.md, "Known gaps"):
-# Traefik shares edge with blackbox (its probe takes the visitor's path), and blackbox's listener answers on
-# every network. Traefik's :8082 and the app's :9200 answer 403 to everyone but Prometheus and loopback
-# (test_metrics_listeners_refuse_their_network_neighbours). Each exporter meets Prometheus on a network of
-# its own: it reaches no other exporter.
-SHARED = {"traefik": {"blackbox:9115"}}
 STATUS_LINE = re.compile(r"HTTP/1\.[01] (\d{3})")
 
 
@@ -149,14 +146,18 @@ def test_only_prometheus_reaches_the_metrics_ports(stack: Stack) -> None:
         ("traefik", "http://127.0.0.1:8082/metrics"),
         ("node-exporter", "http://127.0.0.1:9100/metrics"),
         ("postgres-exporter", "http://127.0.0.1:9187/metrics"),
-        ("blackbox", "http://127.0.0.1:9115/metrics"),
+        # Its own port wants Prometheus's password too: the control is that its wget does get an answer.
+        ("blackbox", None),
     ):
-        assert wget(stack, service, control), f"{service}: control failed"
+        if control:
+            assert wget(stack, service, control), f"{service}: control failed"
+        else:
+            assert status_from(stack, service, "http://127.0.0.1:9115/metrics") == 401, f"{service}: control failed"
         own = {target for target in METRICS if target.startswith(f"{service}:")}
         if service == "node-exporter":
             own.add(by_address)
         for target in (*METRICS, by_address):
-            if target not in own | SHARED.get(service, set()):
+            if target not in own:
                 assert not wget(stack, service, f"http://{target}/metrics"), f"{service} reaches {target}"
     # ... while Prometheus scrapes every one of them.
     jobs = {"node", "postgres", "blackbox-https", "traefik", "tally-app"}
@@ -226,6 +227,27 @@ def test_metrics_listeners_refuse_their_network_neighbours(stack: Stack) -> None
     logs = [json.loads(line) for line in stack.logs("app").splitlines() if "refused a peer" in line]
     assert any(entry.get("listener") == "metrics" and entry.get("peer") == traefik_address for entry in logs), logs[-5:]
     # Prometheus, the one reader: both jobs up (test_only_prometheus_reaches_the_metrics_ports waits for that).
+
+
+def test_blackbox_serves_only_prometheus(stack: Stack) -> None:
+    """blackbox's /probe fetches whatever URL it is given from blackbox's networks. Traefik shares `edge` with
+    it (the probe takes the visitor's path) and opens :9115, but without Prometheus's password (the secret
+    blackbox_password, which only Prometheus mounts) every path answers 401, /probe included; Prometheus's
+    own probe of the public entry point succeeds end to end."""
+    fetch_prometheus = "/probe?module=https_2xx_selfsigned&target=http://prometheus:9090/api/v1/targets"
+    for service in ("traefik", "prometheus"):
+        for path in (fetch_prometheus, "/metrics", "/-/healthy"):
+            assert status_from(stack, service, f"http://blackbox:9115{path}") == 401, (service, path)
+    assert status_from(stack, "traefik", f"http://prometheus:wrong-password@blackbox:9115{fetch_prometheus}") == 401
+    assert "blackbox_password" not in {
+        Path(m["Destination"]).name for m in stack.inspect(stack.container_ids("traefik")[0])["Mounts"]
+    }
+
+    def probe_success() -> list[str]:
+        query = "query?query=probe_success%7Bjob%3D%22blackbox-https%22%7D"
+        return [sample["value"][1] for sample in prometheus_api(stack, query)["result"]]
+
+    wait_until(lambda: probe_success() == ["1"], timeout=120, interval=2, message="blackbox-https probe_success 1")
 
 
 # --- Grafana's router (the stand-in image: docs/container-testing.md) -------------------------------------------

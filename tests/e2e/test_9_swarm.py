@@ -8,7 +8,6 @@ is as clean as it found it. Grafana and cAdvisor are left out as in the compose 
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from harness.observability import write_secrets
 from harness.procs import free_port, wait_until
 from loadtest.background import Load
 from tests.e2e import client
@@ -141,9 +141,11 @@ def swarm(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         node = engine.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
         engine.docker("node", "update", "--label-add", "tally.db=true", "--label-add", "tally.monitoring=true", node)
         swarm = Swarm(engine, work / "stack", https_port, render_env)
-        # What an operator does once (docs/scaling.md): one Swarm secret per name the stack lists.
+        # What an operator does once (docs/scaling.md): one Swarm secret per name the stack lists, made as
+        # secrets-init makes them (blackbox_web_config is derived from blackbox_password).
+        values = write_secrets(work / "secrets")
         for name in swarm.render("tally:local")["secrets"]:
-            engine.run(str(ENGINE / "usr/bin/docker"), "secret", "create", name, "-", input=secrets.token_urlsafe(32))
+            engine.run(str(ENGINE / "usr/bin/docker"), "secret", "create", name, str(values / name))
         swarm.deploy()
         swarm.wait_app(2, "tally:local")
         try:
@@ -169,6 +171,8 @@ def test_visits_count_through_traefik_and_prometheus_finds_every_task(swarm: Swa
         assert status == 200, body
     assert swarm.stats()["total_visits"] == before + 5
     wait_until(lambda: swarm.prometheus_targets("tally-app") == 2, timeout=90, interval=3, message="2 app targets")
+    # blackbox admits Prometheus: the blackbox_password and blackbox_web_config Swarm secrets agree.
+    wait_until(lambda: swarm.prometheus_targets("blackbox-https") == 1, timeout=90, interval=3, message="blackbox")
 
 
 def app_image(swarm: Swarm) -> str:

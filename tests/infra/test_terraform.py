@@ -23,7 +23,7 @@ import yaml
 
 from harness import REPO_ROOT
 from harness.tools import INSTALL_DEPS, find_tool
-from tests.stack.stackutil import compose_binary
+from tests.stack.stackutil import compose_binary, secrets_init_module
 
 TF_ROOT = REPO_ROOT / "infra" / "terraform"
 MODULE = TF_ROOT / "modules" / "tally"
@@ -544,5 +544,26 @@ def test_swarm_manager_provides_every_secret_the_managed_stack_needs(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     stack = yaml.safe_load((tmp_path / "tally-stack.yaml").read_text())
-    # postgres_password: write_db_password (Secrets Manager); db_ca: write_db_ca (RDS trust store).
-    assert set(stack["secrets"]) == {*ssm_names.split(), "postgres_password", "db_ca"}
+    # postgres_password: write_db_password (Secrets Manager); db_ca: write_db_ca (RDS trust store);
+    # blackbox_web_config: derive_secrets (from blackbox_password).
+    assert set(stack["secrets"]) == {*ssm_names.split(), "postgres_password", "db_ca", "blackbox_web_config"}
+
+
+def test_swarm_manager_derives_blackbox_web_config_from_its_password(sandbox):
+    secrets, scripts = sandbox["checkout"] / "secrets", sandbox["checkout"] / "scripts"
+    secrets.mkdir()
+    scripts.mkdir()
+    shutil.copy(REPO_ROOT / "scripts" / "secrets_init.py", scripts)
+    module = secrets_init_module()
+    for spec in module.SPECS:
+        (secrets / spec.name).write_text(spec.name[0] * spec.generated)
+    res = _swarm(sandbox, "derive_secrets")
+    assert res.returncode == 0, res.stderr
+    config = (secrets / "blackbox_web_config").read_text()
+    assert module.web_config_admits(config, "b" * 32) and "b" * 32 not in config
+    # The same file on the next boot: create_swarm_secrets finds the same digest.
+    assert _swarm(sandbox, "derive_secrets").returncode == 0
+    assert (secrets / "blackbox_web_config").read_text() == config
+    (secrets / "blackbox_password").write_text("short")
+    res = _swarm(sandbox, "derive_secrets")
+    assert res.returncode != 0 and "failed the checks" in res.stderr

@@ -33,6 +33,7 @@ from harness.observability import (
     start_blackbox_exporter,
     start_node_exporter,
     start_postgres_exporter,
+    write_secrets,
 )
 from harness.postgres import PostgresServer
 from harness.procs import wait_for, wait_until
@@ -158,7 +159,8 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
     # Our own server rather than the shared pg_server: the database must be named `tally` as in
     # compose (the PostgreSQL dashboard filters on it) and the test breaks its schema on purpose.
     pg = PostgresServer.create(max_connections=50)
-    stack = ObservabilityStack(workdir=workdir)
+    # Blackbox behind basic auth, Prometheus with the password file: as in the stack (secrets-init's files).
+    stack = ObservabilityStack(workdir=workdir, secrets_dir=write_secrets(workdir / "secrets"))
     replicas: list[Gunicorn] = []
     tls: TLSStub | None = None
     try:
@@ -185,7 +187,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
             workdir, f"postgresql://postgres@127.0.0.1:{pg.port}/tally?sslmode=disable"
         )
         stack.exporters["node"] = start_node_exporter(workdir)
-        stack.exporters["blackbox"] = start_blackbox_exporter(workdir)
+        stack.exporters["blackbox"] = start_blackbox_exporter(workdir, secrets_dir=stack.secrets_dir)
         tls = TLSStub.start(workdir)
         stack.start_alerting()
         assert stack.alertmanager is not None
@@ -285,6 +287,20 @@ def test_targets_are_up_per_job(e2e: E2E) -> None:
 def test_blackbox_module_probes_a_self_signed_tls_endpoint(e2e: E2E) -> None:
     [sample] = e2e.prometheus.samples("probe_ssl_earliest_cert_expiry - time()")
     assert 28 * 86400 < float(sample["value"][1]) <= 30 * 86400
+
+
+def test_blackbox_serves_only_prometheus(e2e: E2E) -> None:
+    """/probe makes the exporter fetch any URL it is given: without blackbox_password, nothing (Prometheus's
+    probe is up with it: test_targets_are_up_per_job)."""
+    blackbox = e2e.stack.exporters["blackbox"]
+    assert e2e.stack.secrets_dir is not None
+    password = (e2e.stack.secrets_dir / "blackbox_password").read_text()
+    probe = f"{blackbox.url}/probe?module=https_2xx_selfsigned&target={e2e.prometheus.url}/-/healthy"
+    for url in (probe, f"{blackbox.url}/metrics", f"{blackbox.url}/-/healthy"):
+        assert requests.get(url, timeout=5).status_code == 401, url
+        assert requests.get(url, auth=("prometheus", password + "x"), timeout=5).status_code == 401, url
+        assert requests.get(url, auth=("admin", password), timeout=5).status_code == 401, url
+        assert requests.get(url, auth=("prometheus", password), timeout=5).status_code == 200, url
 
 
 def test_watchdog_reaches_the_dead_mans_switch(e2e: E2E) -> None:

@@ -160,7 +160,7 @@ def _secret_file_mounts(svc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_every_secret_reader_waits_for_secrets_init(services: dict[str, Any]) -> None:
     readers = {name for name, svc in services.items() if _secret_file_mounts(svc) or svc.get("secrets")}
     readers.discard("secrets-init")
-    assert {"app", "migrate", "postgres", "backup", "grafana", "postgres-exporter"} <= readers
+    assert {"app", "migrate", "postgres", "backup", "grafana", "postgres-exporter", "blackbox", "prometheus"} <= readers
     for name in readers:
         dep = (services[name].get("depends_on") or {}).get("secrets-init")
         assert dep, f"{name} reads secrets but does not wait for secrets-init"
@@ -220,7 +220,8 @@ def test_secrets_init_installs_every_mounted_secret_file(services: dict[str, Any
         for m in _secret_file_mounts(svc)
     }
     # A mounted file secrets-init does not create makes the container fail to start; an unmounted one is dead.
-    assert mounted == {spec.name for spec in secrets_init_module().SPECS}
+    module = secrets_init_module()
+    assert mounted == {spec.name for spec in module.SPECS} | set(module.DERIVED)
 
 
 def test_app_scales_behind_traefik(services: dict[str, Any]) -> None:

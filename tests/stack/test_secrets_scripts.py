@@ -72,7 +72,12 @@ def job(imports: Path, store: Path) -> subprocess.CompletedProcess[str]:
 
 
 def stored(store: Path) -> dict[str, str]:
-    return {p.name: p.read_text() for p in store.iterdir()}
+    """The secrets in the volume (the files derived from them: derived())."""
+    return {p.name: p.read_text() for p in store.iterdir() if p.name not in MODULE.DERIVED}
+
+
+def derived(store: Path) -> dict[str, str]:
+    return {name: (store / name).read_text() for name in MODULE.DERIVED}
 
 
 def assert_no_value_printed(result: subprocess.CompletedProcess[str], *values: str) -> None:
@@ -88,6 +93,7 @@ def test_the_job_knows_every_secret_of_the_stack() -> None:
         "db_app_password": 16,
         "db_backup_password": 16,
         "db_exporter_password": 16,
+        "blackbox_password": 16,
     }
     # init-secrets.sh writes the same files, with the same lengths as the job generates.
     script = INIT_SH.read_text()
@@ -210,6 +216,39 @@ def test_unreadable_operator_file_is_an_error_not_a_reason_to_generate(dirs: tup
     (imports / "postgres_password").chmod(0o600)
     assert job(imports, store).returncode == 0
     assert stored(store)["postgres_password"] == "r" * 32
+
+
+def test_blackbox_web_config_follows_its_password(dirs: tuple[Path, Path]) -> None:
+    """blackbox_web_config (blackbox_exporter's basic auth) is derived: made on a fresh volume and on one from
+    before it existed, kept while it matches, remade when the password is rotated or the file is damaged."""
+    imports, store = dirs
+    first = job(imports, store)
+    assert first.returncode == 0, first.stderr
+    password = stored(store)["blackbox_password"]
+    config = derived(store)["blackbox_web_config"]
+    assert MODULE.web_config_admits(config, password) and not MODULE.web_config_admits(config, password + "x")
+    assert password not in config and stat.S_IMODE((store / "blackbox_web_config").stat().st_mode) == 0o444
+    assert "derived   secrets/blackbox_web_config from secrets/blackbox_password" in first.stdout
+    assert_no_value_printed(first, password)
+    again = job(imports, store)
+    assert derived(store)["blackbox_web_config"] == config and "current   secrets/blackbox_web_config" in again.stdout
+    # An install from before: every secret in the volume, no web config. The password is kept.
+    (store / "blackbox_web_config").unlink()
+    upgraded = job(imports, store)
+    assert upgraded.returncode == 0 and "derived   secrets/blackbox_web_config" in upgraded.stdout
+    assert stored(store)["blackbox_password"] == password
+    assert MODULE.web_config_admits(derived(store)["blackbox_web_config"], password)
+    # Rotated by the operator: the new password is admitted, the old one no longer.
+    (imports / "blackbox_password").write_text("R" * 32)
+    rotated = job(imports, store)
+    assert rotated.returncode == 0 and "derived   secrets/blackbox_web_config" in rotated.stdout
+    config = derived(store)["blackbox_web_config"]
+    assert MODULE.web_config_admits(config, "R" * 32) and not MODULE.web_config_admits(config, password)
+    # Damaged by hand: remade.
+    (store / "blackbox_web_config").chmod(0o644)
+    (store / "blackbox_web_config").write_text("basic_auth_users: {}\n")
+    assert "derived   secrets/blackbox_web_config" in job(imports, store).stdout
+    assert MODULE.web_config_admits(derived(store)["blackbox_web_config"], "R" * 32)
 
 
 def test_missing_volume_fails(shared_tmp: Path) -> None:

@@ -133,9 +133,10 @@ locals {
 
   # database = "rds": the manager runs the rendered Swarm stack against RDS.
   # The stack's own database roles are generated into SSM like the other
-  # secrets (secrets-init does it on one host); postgres_password is RDS's.
+  # secrets (secrets-init does it on one host); postgres_password is RDS's;
+  # blackbox_web_config is derived from blackbox_password at boot (swarm.sh).
   swarm_settings = local.swarm ? {
-    TALLY_SECRET_NAMES       = "secret_key grafana_admin_password db_app_password db_backup_password db_exporter_password"
+    TALLY_SECRET_NAMES       = "secret_key grafana_admin_password db_app_password db_backup_password db_exporter_password blackbox_password"
     TALLY_SWARM_ROLE         = "manager"
     TALLY_SWARM_JOIN_PARAM   = local.swarm_join_parameter
     TALLY_DATABASE_HOST      = aws_db_instance.this[0].address

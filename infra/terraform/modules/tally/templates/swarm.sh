@@ -81,6 +81,17 @@ write_db_ca() {
   mv "$file.new" "$file"
 }
 
+# secrets/blackbox_web_config: blackbox_exporter's basic auth (a bcrypt hash of
+# blackbox_password), made by the single host's secrets-init job run on
+# secrets/ itself: it checks every value there and derives the file, the same
+# file again while the password is the same.
+derive_secrets() {
+  local dir=$TALLY_CHECKOUT/secrets
+  python3 "$TALLY_CHECKOUT/scripts/secrets_init.py" --import-dir "$dir" --store "$dir" >/dev/null ||
+    die "secrets/ failed the checks of scripts/secrets_init.py"
+  [[ -s $dir/blackbox_web_config ]] || die "secrets/blackbox_web_config was not derived"
+}
+
 # Create every secret the rendered stack declares from secrets/<name>. Swarm
 # secrets are immutable: a changed postgres_password (RDS rotates it) is
 # swapped after removing migrate, its only reader.
@@ -133,6 +144,7 @@ swarm_main() {
     write_secrets
     write_db_password
     write_db_ca
+    derive_secrets
     write_dotenv
     swarm_init
     deploy_stack
