@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import load_config_or_exit
+from app.shutdown import delay_termination
 from app.watchdog import RequestWatchdog
 
 _config = load_config_or_exit()
@@ -20,7 +21,8 @@ workers = _config.web_concurrency
 worker_class = "gthread"
 threads = _config.gunicorn_threads
 timeout = _config.gunicorn_timeout
-# Must stay below compose's stop_grace_period (30 s) so in-flight requests finish before SIGKILL.
+# With SHUTDOWN_DELAY, must stay below compose's stop_grace_period (30 s) so in-flight requests finish
+# before SIGKILL.
 graceful_timeout = _config.gunicorn_graceful_timeout
 keepalive = 5
 # Header limits: an oversized or endless header block is refused with 400 before Flask sees it.
@@ -65,6 +67,8 @@ def on_starting(server: Any) -> None:
 
 
 def when_ready(server: Any) -> None:
+    if _config.shutdown_delay:
+        delay_termination(server, _config.shutdown_delay, _config.drain_marker)
     if _config.prometheus_multiproc_dir:
         from app.logs import configure_logging
         from app.metrics import start_metrics_server

@@ -225,6 +225,16 @@ SETTINGS = (
         "Seconds to finish in-flight requests on SIGTERM (below compose's 30 s grace).",
         bounds=(1, 600),
     ),
+    Setting(
+        "SHUTDOWN_DELAY",
+        int,
+        "5",
+        "Seconds a replica keeps serving after SIGTERM, `/readyz` answering 503 `draining`, before gunicorn"
+        " stops, so Traefik takes it out first when nothing drained it (a Swarm rolling update, `docker"
+        " compose stop`); a second SIGTERM stops at once. Adds to `GUNICORN_GRACEFUL_TIMEOUT` within"
+        " compose's 30 s grace (`app/shutdown.py`).",
+        bounds=(0, 60),
+    ),
     Setting("PROMETHEUS_MULTIPROC_DIR", str, None, "Where workers share metrics; set in the image to a tmpfs path."),
     Setting(
         "DRAIN_MARKER",
@@ -270,6 +280,7 @@ class Config:
     gunicorn_threads: int
     gunicorn_timeout: int
     gunicorn_graceful_timeout: int
+    shutdown_delay: int
     prometheus_multiproc_dir: str | None
     # While this file exists /readyz answers 503 "draining": Traefik takes the replica out of rotation and
     # it still serves what it was sent (scripts/deploy.sh creates it before stopping a replica, app/drain.py).
@@ -523,6 +534,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         gunicorn_threads=env.integer("GUNICORN_THREADS"),
         gunicorn_timeout=env.integer("GUNICORN_TIMEOUT"),
         gunicorn_graceful_timeout=env.integer("GUNICORN_GRACEFUL_TIMEOUT"),
+        shutdown_delay=env.integer("SHUTDOWN_DELAY"),
         prometheus_multiproc_dir=env.text("PROMETHEUS_MULTIPROC_DIR"),
         drain_marker=_optional_path(env.text("DRAIN_MARKER")),
         db_role_passwords=_role_passwords(env, database_url),

@@ -74,7 +74,8 @@ def run_gunicorn(
     the same settings, e.g. the benchmark's hello-world)."""
     port = int(env.get("PORT") or free_port())
     metrics_port = int(env.get("METRICS_PORT") or free_port())
-    env = env | {"PORT": str(port), "METRICS_PORT": str(metrics_port)}
+    # No proxy to wait for here: a test's SIGTERM stops at once unless it asks for the delay (app/shutdown.py).
+    env = {"SHUTDOWN_DELAY": "0"} | env | {"PORT": str(port), "METRICS_PORT": str(metrics_port)}
     server_url = f"http://127.0.0.1:{port}"
     process = start_logged(
         "gunicorn",

@@ -243,12 +243,17 @@ def test_only_traefik_publishes_ports(services: dict[str, Any]) -> None:
 def test_graceful_shutdown_fits_in_the_stop_grace_period(services: dict[str, Any]) -> None:
     app = services["app"]
     graceful = float(app["environment"]["GUNICORN_GRACEFUL_TIMEOUT"])
+    delay = float(app["environment"]["SHUTDOWN_DELAY"])
     grace = seconds(app["stop_grace_period"])
-    assert graceful + 5 <= grace, f"gunicorn graceful {graceful}s must end well before SIGKILL at {grace}s"
+    assert delay > 0, "Traefik must get time to take a stopping replica out (app/shutdown.py)"
+    assert delay + graceful + 5 <= grace, (
+        f"delay {delay}s + graceful {graceful}s must end well before SIGKILL at {grace}s"
+    )
     # The same default must hold when compose does not set it (the image's gunicorn.conf.py).
     from app.config import load_config
 
-    assert load_config({"TALLY_ENV": "development"}).gunicorn_graceful_timeout + 5 <= grace
+    defaults = load_config({"TALLY_ENV": "development"})
+    assert defaults.shutdown_delay + defaults.gunicorn_graceful_timeout + 5 <= grace
 
 
 # --- networks -----------------------------------------------------------------------------------------------

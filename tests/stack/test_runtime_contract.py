@@ -139,6 +139,10 @@ def image(pg_server: PostgresServer) -> Iterator[Image]:
             METRICS_PORT=str(free_port()),
             # The drain test holds a table lock on purpose; don't let the statement timeout end it first.
             DB_STATEMENT_TIMEOUT_MS="15000",
+            # Compose's /tmp is the container's own tmpfs; here it would be the host's, shared.
+            DRAIN_MARKER=str(tmpfs / Path(compose_env["DRAIN_MARKER"]).name),
+            # The drain test ends the delay with a second SIGTERM: no machine is slow enough to end it first.
+            SHUTDOWN_DELAY="60",
         )
         for key in [k for k, v in env.items() if k.endswith("_FILE") and v.startswith("/run/secrets/")]:
             raise AssertionError(f"{key} still points into the container: {env[key]}")
@@ -290,7 +294,17 @@ def test_image_command_serves_and_drains_gracefully(image: Image, pg_server: Pos
             wait_until(blocked, timeout=15, message=f"{IN_FLIGHT} requests waiting on the lock")
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
-            wait_until(lambda: "Handling signal: term" in log_path.read_text(), timeout=15, message="SIGTERM handled")
+            wait_until(lambda: "SIGTERM: serving" in log_path.read_text(), timeout=15, message="SIGTERM handled")
+            # SHUTDOWN_DELAY: still serving, and telling Traefik's health check that it is going.
+            draining = requests.get(base + "/readyz", timeout=5)
+            assert (draining.status_code, draining.json()["status"]) == (503, "draining")
+            # (The visitors table is locked: a visit would wait; /healthz needs no database.)
+            assert requests.get(base + "/healthz", timeout=5).status_code == 200
+            # The stop proper: the delay's own end, or at once on a second SIGTERM.
+            process.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: log_path.read_text().count("Handling signal: term") == 2, timeout=15, message="stop handled"
+            )
             # A request arriving now must not be served by a draining worker (Traefik retries it elsewhere).
             late: list[Any] = []
             late_thread = threading.Thread(target=lambda: late.append(_late_request(base)))
