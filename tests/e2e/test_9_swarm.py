@@ -143,9 +143,9 @@ def swarm(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         swarm = Swarm(engine, work / "stack", https_port, render_env)
         # What an operator does once (docs/scaling.md): one Swarm secret per name the stack lists, made as
         # secrets-init makes them (blackbox_web_config is derived from blackbox_password).
-        values = write_secrets(work / "secrets")
+        secrets_dir = write_secrets(work / "secrets")
         for name in swarm.render("tally:local")["secrets"]:
-            engine.run(str(ENGINE / "usr/bin/docker"), "secret", "create", name, str(values / name))
+            engine.run(str(ENGINE / "usr/bin/docker"), "secret", "create", name, str(secrets_dir / name))
         swarm.deploy()
         swarm.wait_app(2, "tally:local")
         try:
