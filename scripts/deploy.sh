@@ -18,9 +18,9 @@
 #
 # Environment: DOCKER (docker CLI, may be e.g. "sudo docker"), APP_SERVICE (app), MIGRATE_SERVICE (migrate),
 # HEALTH_TIMEOUT seconds per replica (180), HEALTH_POLL_INTERVAL seconds (2), STOP_TIMEOUT seconds for the
-# old replica's graceful stop (30, keep >= gunicorn's graceful timeout), DRAIN_TIMEOUT seconds to wait for
-# Traefik to take an old replica out of rotation (15; after it, the replica is stopped anyway, with a
-# warning), TRAEFIK_SERVICE (traefik), TRAEFIK_METRICS_URL (http://127.0.0.1:8082/metrics, read inside
+# old replica's graceful stop (30, keep >= SHUTDOWN_DELAY + gunicorn's graceful timeout), DRAIN_TIMEOUT
+# seconds to wait for Traefik to take an old replica out of rotation (15; after it, the replica is stopped
+# anyway, with a warning), TRAEFIK_SERVICE (traefik), TRAEFIK_METRICS_URL (http://127.0.0.1:8082/metrics, read inside
 # Traefik's container: no replica reaches it, traefik/dynamic/metrics.yml), ENV_FILE (.env),
 # DEPLOY_STATE_DIR (.deploy), SKIP_MIGRATE=1 to skip migrations, SKIP_PULL=1 (= --no-pull),
 # PAGE_URL (https://<DOMAIN from .env, else localhost>/), PAGE_CONNECT (127.0.0.1:<HTTPS_PORT from .env,
