@@ -21,8 +21,8 @@ workers = _config.web_concurrency
 worker_class = "gthread"
 threads = _config.gunicorn_threads
 timeout = _config.gunicorn_timeout
-# With SHUTDOWN_DELAY, must stay below compose's stop_grace_period (30 s) so in-flight requests finish
-# before SIGKILL.
+# With SHUTDOWN_DELAY before it, must end before compose's stop_grace_period (30 s): in-flight requests
+# finish before SIGKILL.
 graceful_timeout = _config.gunicorn_graceful_timeout
 keepalive = 5
 # Header limits: an oversized or endless header block is refused with 400 before Flask sees it.
