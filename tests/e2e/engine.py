@@ -31,6 +31,9 @@ ENGINE = DOCKER_HOME / "engine"
 CACHE = Path(os.environ.get("TALLY_E2E_CACHE", "/var/cache/tally-e2e"))
 E2E = Path(__file__).resolve().parent
 OVERRIDE = E2E / "compose.e2e.yaml"
+# docker0's address (dockerd's usual default, fixed here because the metrics listener binds it).
+BRIDGE_ADDRESS = "172.17.0.1"
+ENGINE_METRICS_PORT = 9323
 # Services the e2e cannot run: no image of them can be had without a registry (docs/container-testing.md).
 LEFT_OUT = frozenset({"cadvisor"})
 # Build args of the app image (fixed, so a warm build is a full cache hit); /version must show them.
@@ -97,8 +100,11 @@ def start_engine() -> Engine:
             f"--host={env['DOCKER_HOST']}",
             f"--pidfile={root / 'dockerd.pid'}",
             f"--config-file={root / 'daemon.json'}",
-            # No default docker0 bridge: the stack uses its own networks, builds use the host's network.
-            "--bridge=none",
+            # docker0 gives the host an address that containers reach and nothing outside the machine does:
+            # the Swarm test advertises its node there, and Prometheus scrapes the engine's metrics on it as
+            # it scrapes a manager's private address in production (docs/scaling.md, "Monitoring the swarm").
+            f"--bip={BRIDGE_ADDRESS}/16",
+            f"--metrics-addr={BRIDGE_ADDRESS}:{ENGINE_METRICS_PORT}",
         ],
         root / "dockerd.log",
         env=env,

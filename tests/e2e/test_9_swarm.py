@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml  # type: ignore[import-untyped]
@@ -21,7 +22,7 @@ from harness.observability import write_secrets
 from harness.procs import free_port, wait_until
 from loadtest.background import Load
 from tests.e2e import client
-from tests.e2e.engine import ENGINE, OVERRIDE, Engine
+from tests.e2e.engine import BRIDGE_ADDRESS, ENGINE, OVERRIDE, Engine
 from tests.stack.stackutil import REPO, compose_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -89,11 +90,24 @@ class Swarm:
         result: dict[str, Any] = json.loads(body)
         return result
 
-    def prometheus_targets(self, job: str) -> int:
+    def prometheus_api(self, path: str) -> Any:
         prometheus = self.container("prometheus")
-        out = self.docker("exec", prometheus, "wget", "-q", "-O", "-", "http://127.0.0.1:9090/api/v1/targets")
-        targets = json.loads(out)["data"]["activeTargets"]
+        out = self.docker("exec", prometheus, "wget", "-q", "-O", "-", f"http://127.0.0.1:9090/api/v1/{path}")
+        return json.loads(out)["data"]
+
+    def prometheus_targets(self, job: str) -> int:
+        targets = self.prometheus_api("targets")["activeTargets"]
         return sum(1 for t in targets if t["labels"]["job"] == job and t["health"] == "up")
+
+    def delivered(self, alertname: str) -> bool:
+        logs = self.engine.docker("service", "logs", "--raw", f"{NAME}_alert-logger", check=False).stdout
+        for line in logs.splitlines():
+            if not line.startswith("{"):
+                continue
+            alerts = json.loads(line).get("alerts") or []
+            if any(a["labels"].get("alertname") == alertname and a["status"] == "firing" for a in alerts):
+                return True
+        return False
 
     def wait_app(self, replicas: int, image: str) -> None:
         def ready() -> bool:
@@ -137,7 +151,9 @@ def swarm(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "TALLY_E2E_SECRETS_IMPORT": str(work),
     }
     try:
-        engine.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        # The node's address is where Prometheus finds the engine's metrics (engine.py: docker0, which the
+        # containers reach as a manager's private address is reached in production).
+        engine.docker("swarm", "init", "--advertise-addr", BRIDGE_ADDRESS, "--listen-addr", f"{BRIDGE_ADDRESS}:2377")
         node = engine.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
         engine.docker("node", "update", "--label-add", "tally.db=true", "--label-add", "tally.monitoring=true", node)
         swarm = Swarm(engine, work / "stack", https_port, render_env)
@@ -171,8 +187,39 @@ def test_visits_count_through_traefik_and_prometheus_finds_every_task(swarm: Swa
         assert status == 200, body
     assert swarm.stats()["total_visits"] == before + 5
     wait_until(lambda: swarm.prometheus_targets("tally-app") == 2, timeout=90, interval=3, message="2 app targets")
+    wait_until(lambda: swarm.prometheus_targets("docker-engine") == 1, timeout=90, interval=3, message="the engine")
     # blackbox admits Prometheus: the blackbox_password and blackbox_web_config Swarm secrets agree.
     wait_until(lambda: swarm.prometheus_targets("blackbox-https") == 1, timeout=90, interval=3, message="blackbox")
+
+
+def failed_tasks(swarm: Swarm) -> int | None:
+    """The managers' count of failed tasks as Prometheus last scraped it (None before the first scrape)."""
+    result = swarm.prometheus_api("query?query=" + quote('max(swarm_manager_tasks_total{state="failed"})'))["result"]
+    return int(float(result[0]["value"][1])) if result else None
+
+
+def test_a_killed_task_is_replaced_and_alerted(swarm: Swarm) -> None:
+    # Before the rolling update and the broken image, which fail tasks of their own. The alert compares with
+    # the count before the kill, so Prometheus must have one.
+    def scraped() -> tuple[int] | None:
+        count = failed_tasks(swarm)
+        return None if count is None else (count,)  # a tuple: a count of 0 is an answer
+
+    (before,) = wait_until(scraped, timeout=90, interval=3, message="the failed-task count")
+    image = app_image(swarm)
+    victims = swarm.healthy_containers("app")
+    assert len(victims) == 2
+    swarm.docker("kill", victims[0])
+
+    def replaced() -> bool:
+        healthy = swarm.healthy_containers("app")
+        return len(healthy) == 2 and victims[0] not in healthy
+
+    wait_until(replaced, timeout=DEPLOY_TIMEOUT, interval=2, message="a new task for the killed one")
+    swarm.wait_app(2, image)
+    assert swarm.get()[0] == 200
+    wait_until(lambda: (failed_tasks(swarm) or 0) > before, timeout=90, interval=3, message="the kill counted")
+    wait_until(lambda: swarm.delivered("SwarmTaskFailed"), timeout=240, interval=5, message="SwarmTaskFailed delivered")
 
 
 def app_image(swarm: Swarm) -> str:
@@ -237,18 +284,3 @@ def test_scale_out_and_back(swarm: Swarm) -> None:
     assert swarm.stats()["total_visits"] == before + 9
     swarm.docker("service", "scale", "--detach", f"{NAME}_app=2")
     swarm.wait_app(2, image)
-
-
-def test_a_killed_task_is_replaced(swarm: Swarm) -> None:
-    image = app_image(swarm)
-    victims = swarm.healthy_containers("app")
-    assert len(victims) == 2
-    swarm.docker("kill", victims[0])
-
-    def replaced() -> bool:
-        healthy = swarm.healthy_containers("app")
-        return len(healthy) == 2 and victims[0] not in healthy
-
-    wait_until(replaced, timeout=DEPLOY_TIMEOUT, interval=2, message="a new task for the killed one")
-    swarm.wait_app(2, image)
-    assert swarm.get()[0] == 200

@@ -78,6 +78,12 @@ def test_the_providers_move_to_swarm(stack: dict[str, Any]) -> None:
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     assert jobs["tally-app"]["dockerswarm_sd_configs"][0]["port"] == 9200
     assert "dns_sd_configs" not in jobs["tally-app"]
+    # Swarm's own view (prometheus/rules/swarm.yml) comes from the managers' engines, on the port the docs give.
+    (engines,) = jobs["docker-engine"]["dockerswarm_sd_configs"]
+    assert (engines["role"], engines["port"]) == ("nodes", 9323)
+    assert {"source_labels": ["__meta_dockerswarm_node_role"], "regex": "manager", "action": "keep"} in jobs[
+        "docker-engine"
+    ]["relabel_configs"]
     # Each discovered job keeps the tasks' addresses on a network Prometheus shares with that service only.
 
     def kept(job: str, label: str) -> str:
