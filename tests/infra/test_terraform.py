@@ -230,11 +230,12 @@ FAKE_AWS = r"""#!/bin/bash
 # Fake AWS CLI: an SSM parameter store in $FAKE_SSM_DIR; records argv.
 printf '%s\n' "$*" >>"$FAKE_SSM_DIR/argv.log"
 op="$1 $2"; shift 2
-name="" value=""
+name="" value="" overwrite=""
 while (($#)); do
   case $1 in
     --name) name=$2; shift 2 ;;
     --value) value=$2; shift 2 ;;
+    --overwrite) overwrite=1; shift ;;
     *) shift ;;
   esac
 done
@@ -246,7 +247,7 @@ case $op in
     echo "An error occurred (ParameterNotFound) when calling the GetParameter operation: " >&2
     exit 254 ;;
   "ssm put-parameter")
-    if [[ -f $key ]]; then echo "An error occurred (ParameterAlreadyExists)" >&2; exit 254; fi
+    if [[ -f $key && -z $overwrite ]]; then echo "An error occurred (ParameterAlreadyExists)" >&2; exit 254; fi
     if [[ $value == file://* ]]; then cat "${value#file://}" >"$key"; else printf '%s' "$value" >"$key"; fi ;;
   *) echo "unexpected: $op" >&2; exit 2 ;;
 esac
@@ -481,8 +482,18 @@ esac
 
 
 def _swarm(sandbox, snippet: str, **extra_env: str) -> subprocess.CompletedProcess:
-    _write_exe(sandbox["tmp"] / "bin" / "docker", FAKE_DOCKER)
-    return _bootstrap(sandbox, snippet, SWARM_BOOTSTRAP, TALLY_BOOTSTRAP=str(BOOTSTRAP), **extra_env)
+    bindir = sandbox["tmp"] / "bin"
+    _write_exe(bindir / "docker", FAKE_DOCKER)
+    _write_exe(bindir / "systemctl", '#!/bin/bash\nprintf "%s\\n" "$*" >>"$FAKE_SSM_DIR/systemctl.log"\n')
+    daemon_json = str(sandbox["tmp"] / "etc-docker" / "daemon.json")
+    return _bootstrap(
+        sandbox,
+        snippet,
+        SWARM_BOOTSTRAP,
+        TALLY_BOOTSTRAP=str(BOOTSTRAP),
+        TALLY_DOCKER_DAEMON_JSON=daemon_json,
+        **extra_env,
+    )
 
 
 def test_swarm_worker_joins_with_the_token_the_manager_published(sandbox):
@@ -491,6 +502,62 @@ def test_swarm_worker_joins_with_the_token_the_manager_published(sandbox):
     res = _swarm(sandbox, "swarm_join", TALLY_SWARM_JOIN_PARAM="/tally-swarm/worker-join")
     assert res.returncode == 0, res.stderr
     assert "swarm join --token SWMTKN-1-abc 10.42.1.5:2377" in (store / "docker.log").read_text()
+
+
+# IMDSv2: a token, then the instance's private address.
+FAKE_CURL = r"""#!/bin/bash
+case "$*" in
+  *"-X PUT"*/latest/api/token) echo imds-token ;;
+  *"X-aws-ec2-metadata-token: imds-token"*/latest/meta-data/local-ipv4) echo 10.42.1.5 ;;
+  *) echo "curl: (22) unexpected: $*" >&2; exit 22 ;;
+esac
+"""
+
+
+def test_swarm_manager_publishes_engine_metrics_on_its_private_address(sandbox):
+    """dockerd on the manager gets metrics-addr <private address>:9323 before `swarm init`; a re-run changes nothing."""
+    _write_exe(sandbox["tmp"] / "bin" / "curl", FAKE_CURL)
+    store, daemon_json = sandbox["store"], sandbox["tmp"] / "etc-docker" / "daemon.json"
+    daemon_json.parent.mkdir()
+    daemon_json.write_text('{"log-driver": "local", "log-opts": {"max-size": "10m"}, "live-restore": false}\n')
+    env = {"TALLY_SWARM_JOIN_PARAM": "/tally-swarm/worker-join"}
+    # umask 077: the file must still be readable by everyone (dockerd's own mode).
+    res = _swarm(sandbox, "umask 077; swarm_init", **env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(daemon_json.read_text()) == {
+        "log-driver": "local",
+        "log-opts": {"max-size": "10m"},
+        "live-restore": False,
+        "metrics-addr": "10.42.1.5:9323",
+    }
+    assert stat.S_IMODE(daemon_json.stat().st_mode) == 0o644
+    assert not daemon_json.with_name("daemon.json.new").exists()
+    assert (store / "systemctl.log").read_text() == "restart docker\n"
+    assert res.stderr.count("dockerd metrics on 10.42.1.5:9323") == 1, res.stderr
+    # Waited for the restarted engine before initialising the swarm.
+    calls = (store / "docker.log").read_text().splitlines()
+    assert "info" in calls and calls.index("info") < calls.index("swarm init --advertise-addr 10.42.1.5"), calls
+
+    before = daemon_json.read_bytes()
+    res = _swarm(sandbox, "swarm_init", FAKE_SWARM_STATE="active", **env)
+    assert res.returncode == 0, res.stderr
+    assert daemon_json.read_bytes() == before
+    assert (store / "systemctl.log").read_text() == "restart docker\n", "a re-run must not restart docker"
+    assert "dockerd metrics" not in res.stderr
+
+
+def test_swarm_engine_metrics_creates_a_missing_daemon_json_and_refuses_a_broken_one(sandbox):
+    daemon_json = sandbox["tmp"] / "etc-docker" / "daemon.json"
+    res = _swarm(sandbox, "engine_metrics 10.42.1.5")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(daemon_json.read_text()) == {"metrics-addr": "10.42.1.5:9323"}
+    assert (sandbox["store"] / "systemctl.log").read_text() == "restart docker\n"
+    # Not JSON: a clear answer, and neither the file nor docker is touched.
+    daemon_json.write_text('{"log-driver": "local",\n')
+    res = _swarm(sandbox, "engine_metrics 10.42.1.5")
+    assert res.returncode != 0 and "daemon.json is not a JSON object" in res.stderr
+    assert daemon_json.read_text() == '{"log-driver": "local",\n'
+    assert (sandbox["store"] / "systemctl.log").read_text() == "restart docker\n"
 
 
 def test_swarm_secrets_created_once_and_a_rotated_db_password_swapped(sandbox):

@@ -6,7 +6,8 @@
 # TALLY_SWARM_ROLE decides:
 #   manager: mount the data volume, fetch the repository, write secrets/
 #            (SSM; postgres_password from the RDS-managed secret; db_ca from
-#            AWS's RDS trust store), `docker swarm init`, publish the worker
+#            AWS's RDS trust store), publish dockerd's metrics on the private
+#            address :9323, `docker swarm init`, publish the worker
 #            join token in SSM, create the Swarm secrets, render and deploy
 #            the stack (swarm/render.py), wait for /healthz.
 #   worker:  install Docker, read the join token from SSM, join.
@@ -17,6 +18,7 @@ set -Eeuo pipefail
 
 TALLY_BOOTSTRAP=${TALLY_BOOTSTRAP:-/usr/local/sbin/tally-bootstrap}
 TALLY_STACK_DIR=${TALLY_STACK_DIR:-/srv/tally-stack}
+TALLY_DOCKER_DAEMON_JSON=${TALLY_DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}
 # shellcheck source-path=SCRIPTDIR source=bootstrap.sh
 . "$TALLY_BOOTSTRAP"
 
@@ -29,9 +31,32 @@ private_address() {
   curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" "$IMDS/latest/meta-data/local-ipv4"
 }
 
+# A manager's dockerd exports swarm_manager_tasks_total and
+# swarm_manager_nodes, which Prometheus (on this host) scrapes for the Swarm
+# task and node alerts. Bound to the private address only, never 0.0.0.0:
+# the scrape stays on this host, so no security-group rule opens 9323.
+# The other keys of daemon.json (cloud-init's) are kept; docker restarts only
+# when the file changes, so a re-run restarts nothing.
+engine_metrics() {
+  local want=$1:9323 file=$TALLY_DOCKER_DAEMON_JSON json='{}' have
+  if [[ -s $file ]]; then
+    json=$(<"$file")
+    have=$(jq -r '."metrics-addr" // empty' <<<"$json") || die "$file is not a JSON object"
+    [[ $have == "$want" ]] && return 0
+  fi
+  mkdir -p "${file%/*}"
+  jq --arg addr "$want" '."metrics-addr" = $addr' <<<"$json" >"$file.new"
+  chmod 0644 "$file.new"
+  mv "$file.new" "$file"
+  log "dockerd metrics on $want: restarting docker"
+  systemctl restart docker
+  retry 120 docker info >/dev/null || die "docker did not come back after the restart"
+}
+
 swarm_init() {
   local addr tmp
   addr=$(retry 120 private_address) || die "no private address from IMDS"
+  engine_metrics "$addr"
   if [[ $(swarm_state) != active ]]; then
     docker swarm init --advertise-addr "$addr" >/dev/null
     log "swarm initialised on $addr"
