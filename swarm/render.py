@@ -54,6 +54,7 @@ SOCKET_PROXY_GET = "|services|tasks|nodes|networks|(?:services|tasks|nodes|netwo
 SWARM_SD_JOBS = {"tally-app": ("app", 9200, "app-metrics"), "node": ("node-exporter", 9100, "scrape-node")}
 # Where every manager's dockerd serves its metrics ("metrics-addr": "<node address>:9323" in daemon.json).
 ENGINE_METRICS_PORT = 9323
+ENGINE_METRICS_NETWORK = "engine-metrics"
 CA_FILE = "/run/secrets/db_ca"
 
 
@@ -191,6 +192,10 @@ class Renderer:
         elif name == "prometheus":
             # dockerswarm_sd reads the Swarm API through the socket proxy.
             svc["networks"]["socket"] = None
+            # The managers' engines serve their metrics on the nodes' addresses, outside every overlay: the
+            # one network with a route out, Prometheus alone on it.
+            svc["networks"][ENGINE_METRICS_NETWORK] = None
+            self.model["networks"][ENGINE_METRICS_NETWORK] = {}
 
     @staticmethod
     def socket_proxy_arg(arg: str) -> str:

@@ -4,7 +4,8 @@ dockerd comes from scripts/install-docker-engine.sh (Debian trixie's docker.io, 
 /opt/tally-docker). It runs with its own exec root, API socket, pid file and (empty) daemon config under a
 temporary directory, and is stopped by PID. Its data root is a cache directory so the images built by
 build-images.sh survive between runs on one machine; a lock keeps two sessions off it, and whatever a
-crashed session left (containers, volumes, networks) is removed when the engine starts.
+crashed session left (containers, volumes, networks) is removed when the engine starts, with the images a
+rebuild replaced and build cache beyond 4 GB.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,7 +47,9 @@ class Engine:
     root: Path
     process: subprocess.Popen[bytes]
     env: dict[str, str]
-    lock: TextIO
+    # The session's engine holds the cache's lock and made docker0; a worker node (start_worker) neither.
+    lock: TextIO | None = None
+    made_bridge: bool = False
 
     @property
     def socket(self) -> Path:
@@ -91,6 +94,7 @@ def start_engine() -> Engine:
         "DOCKER_CONFIG": str(root / "config"),
         "LANG": "C.UTF-8",
     }
+    had_bridge = Path("/sys/class/net/docker0").exists()
     process = start_logged(
         "dockerd",
         [
@@ -110,7 +114,7 @@ def start_engine() -> Engine:
         env=env,
         ready=None,  # awaited below: stop_engine also cleans up what a half-started engine left
     )
-    engine = Engine(root, process, env, lock)
+    engine = Engine(root, process, env, lock, made_bridge=not had_bridge)
     try:
         wait_until(
             lambda: process.poll() is None and engine.docker("info", check=False, timeout=10).returncode == 0,
@@ -123,6 +127,9 @@ def start_engine() -> Engine:
             engine.docker("rm", "-f", "-v", *leftovers, timeout=300)
         engine.docker("volume", "prune", "--all", "--force")
         engine.docker("network", "prune", "--force")
+        # Images a rebuild untagged and the build cache: tens of GB after a day of runs on one machine.
+        engine.docker("image", "prune", "--force", timeout=300)
+        engine.docker("builder", "prune", "--force", "--keep-storage", "4GB", timeout=300)
     except BaseException:
         stop_engine(engine)
         raise
@@ -145,8 +152,98 @@ def stop_engine(engine: Engine) -> None:
     for mountpoint in sorted(left, reverse=True):
         subprocess.run(["umount", "-l", mountpoint], check=False)
     shutil.rmtree(engine.root, ignore_errors=True)
-    fcntl.flock(engine.lock, fcntl.LOCK_UN)
-    engine.lock.close()
+    if engine.made_bridge:
+        # dockerd leaves its bridge behind; the host goes back to how the session found it.
+        subprocess.run(["ip", "link", "delete", "docker0"], check=False, capture_output=True)
+    if engine.lock is not None:
+        fcntl.flock(engine.lock, fcntl.LOCK_UN)
+        engine.lock.close()
+
+
+@dataclass
+class Worker:
+    """A second Docker host: its own dockerd in a network namespace of the test's, cabled to docker0."""
+
+    engine: Engine
+    netns: str
+    address: str
+    link: str  # its end of the cable, inside the namespace
+    outside: str  # the other end, on docker0
+
+    def cut(self) -> None:
+        """The host drops off the network as a crashed or partitioned server does: no goodbye to anyone."""
+        subprocess.run(["ip", "-n", self.netns, "link", "set", self.link, "down"], check=True)
+
+
+def start_worker(manager: Engine, images: Sequence[str], name: str = "w1", host: int = 254) -> Worker:
+    """dockerd in the network namespace tally-e2e-<name>, at 172.17.255.<host> on docker0 beside the
+    manager, with `images` loaded from the manager (no registry to pull from). Unlike a second server it
+    shares the kernel, the filesystem and the cgroup tree; its network, Docker state and containers are its own.
+    """
+    netns, address = f"tally-e2e-{name}", f"{BRIDGE_ADDRESS.rsplit('.', 2)[0]}.255.{host}"
+    outside, inside = f"tally-{name}-h", f"tally-{name}-n"
+    root = Path(tempfile.mkdtemp(prefix=f"tally-{name}-", dir="/tmp"))
+    (root / "daemon.json").write_text("{}\n")
+    env = manager.env | {"DOCKER_HOST": f"unix://{root / 'docker.sock'}"}
+    steps = [
+        ["ip", "netns", "add", netns],
+        ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", netns],
+        ["ip", "link", "set", outside, "master", "docker0", "up"],
+        ["ip", "-n", netns, "addr", "add", f"{address}/16", "dev", inside],
+        ["ip", "-n", netns, "link", "set", inside, "up"],
+        ["ip", "-n", netns, "link", "set", "lo", "up"],
+    ]
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        # nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroup mounts dockerd needs.
+        argv = [
+            "nsenter",
+            f"--net=/run/netns/{netns}",
+            str(ENGINE / "usr/sbin/dockerd"),
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--host={env['DOCKER_HOST']}",
+            f"--pidfile={root / 'dockerd.pid'}",
+            f"--config-file={root / 'daemon.json'}",
+            "--bridge=none",
+        ]
+        process = start_logged(f"dockerd {name}", argv, root / "dockerd.log", env=env, ready=None)
+        worker = Worker(Engine(root, process, env), netns, address, inside, outside)
+        wait_until(
+            lambda: process.poll() is None and worker.engine.docker("info", check=False, timeout=10).returncode == 0,
+            timeout=90,
+            interval=0.5,
+            message=f"dockerd {name} to answer",
+        )
+        save = subprocess.Popen(
+            [str(ENGINE / "usr/bin/docker"), "save", *images], env=manager.env, stdout=subprocess.PIPE
+        )
+        worker.engine.run(str(ENGINE / "usr/bin/docker"), "load", "--quiet", stdin=save.stdout, timeout=300)
+        assert save.wait(timeout=60) == 0, f"docker save {images} failed"
+        return worker
+    except BaseException:
+        if process is not None:
+            stop_engine(Engine(root, process, env))
+        remove_netns(netns, outside)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def stop_worker(worker: Worker) -> None:
+    stop_engine(worker.engine)
+    remove_netns(worker.netns, worker.outside)
+
+
+def remove_netns(netns: str, outside: str) -> None:
+    """Whatever still runs in the namespace (dockerd stopped its containers), then the namespace and cable."""
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=False).stdout
+    for pid in pids.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
+    subprocess.run(["ip", "link", "delete", outside], check=False, capture_output=True)
 
 
 def image_refs() -> dict[str, str]:

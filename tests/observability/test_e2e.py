@@ -45,6 +45,7 @@ NOT_RUN_HERE = {
     "container_": "cAdvisor reads the Docker engine's cgroups; there is no Docker engine here",
     "traefik_": "Traefik runs only in the compose stack",
     "tally_backup_": "served by the backup sidecar container (issue 5)",
+    "swarm_manager_": "a Swarm manager's dockerd serves them; tests/e2e/test_9_swarm.py scrapes and alerts on them",
 }
 # The replica alert waits 2m in production; 3s keeps the test short. Nothing else is rewritten.
 FOR_OVERRIDES = {"AppReplicasBelowMinimum": "3s"}

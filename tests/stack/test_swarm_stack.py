@@ -81,6 +81,10 @@ def test_the_providers_move_to_swarm(stack: dict[str, Any]) -> None:
     # Swarm's own view (prometheus/rules/swarm.yml) comes from the managers' engines, on the port the docs give.
     (engines,) = jobs["docker-engine"]["dockerswarm_sd_configs"]
     assert (engines["role"], engines["port"]) == ("nodes", 9323)
+    # ...outside every overlay: one network with a route out, for Prometheus alone.
+    on_it = {name for name, svc in stack["services"].items() if "engine-metrics" in (svc.get("networks") or {})}
+    assert on_it == {"prometheus"}
+    assert not stack["networks"]["engine-metrics"].get("internal")
     assert {"source_labels": ["__meta_dockerswarm_node_role"], "regex": "manager", "action": "keep"} in jobs[
         "docker-engine"
     ]["relabel_configs"]
