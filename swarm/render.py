@@ -8,7 +8,9 @@ files and swarm/compose.swarm.yaml (placement, modes, rolling updates). This scr
 mechanical changes the compose format cannot express, so nothing of a service is written twice:
 
 - secrets: each single-file mount of the `secrets` volume becomes the Swarm secret of the same name (same
-  path, /run/secrets/<name>); secrets-init goes. Create the secrets first (docs/scaling.md).
+  path, /run/secrets/<name>); secrets-init goes. Create the secrets first (docs/scaling.md). So do compose
+  file secrets (the offsite overlay's), but for aws_credentials, which the host renews in place: a
+  read-only bind of the node's file.
 - read-only binds of the repository's service folders (traefik/, prometheus/, ...) become Swarm configs,
   named by content hash (configs are immutable; a changed file is a new config and a rolling update).
 - `tmpfs:` and `shm_size` become tmpfs mounts; keys Swarm ignores (restart, security_opt, depends_on, ...)
@@ -56,6 +58,9 @@ SWARM_SD_JOBS = {"tally-app": ("app", 9200, "app-metrics"), "node": ("node-expor
 ENGINE_METRICS_PORT = 9323
 ENGINE_METRICS_NETWORK = "engine-metrics"
 CA_FILE = "/run/secrets/db_ca"
+# The instance role's temporary S3 credentials, renewed every 15 minutes by the host (docs/deploy-aws.md);
+# the backup task runs on the node that holds the file (node label tally.db).
+RENEWED_IN_PLACE = {"aws_credentials"}
 
 
 def compose_model(compose: list[str], extra: list[Path]) -> dict[str, Any]:
@@ -110,6 +115,17 @@ class Renderer:
 
     def mounts(self, name: str, svc: dict[str, Any]) -> None:
         volumes, configs, secrets = [], [], []
+        # Compose's file secrets (backup/compose.offsite.yaml's) become Swarm secrets of the same name, made
+        # by the operator like the others; a file the host renews in place is bound from the node instead,
+        # since a Swarm secret cannot change.
+        for ref in svc.pop("secrets", None) or []:
+            secret, target = ref["source"], ref.get("target") or f"/run/secrets/{ref['source']}"
+            if secret in RENEWED_IN_PLACE:
+                source = self.model["secrets"][secret]["file"]
+                volumes.append({"type": "bind", "source": source, "target": target, "read_only": True})
+            else:
+                self.secrets.add(secret)
+                secrets.append({"source": secret, "target": target.removeprefix("/run/secrets/")})
         for mount in svc.pop("volumes", None) or []:
             source = mount.get("source", "")
             if mount["type"] == "volume" and source == SECRETS_VOLUME:

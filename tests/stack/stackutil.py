@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,12 +248,19 @@ def which(name: str) -> str | None:
     return shutil.which(name)
 
 
-def render_stack(tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The Swarm stack swarm/render.py writes into ``tmp`` (compose's defaults: an empty .env)."""
+def render_stack(tmp: Path, env: dict[str, str] | None = None, extra: Sequence[Path] = ()) -> dict[str, Any]:
+    """The Swarm stack swarm/render.py writes into ``tmp`` (compose's defaults: an empty .env), with the
+    ``extra`` compose files an operator may add (`-f`)."""
     empty = tmp / "empty.env"
     empty.write_text("")
     result = subprocess.run(
-        [sys.executable, str(REPO / "swarm" / "render.py"), "--out", str(tmp)],
+        [
+            sys.executable,
+            str(REPO / "swarm" / "render.py"),
+            "--out",
+            str(tmp),
+            *(a for f in extra for a in ("-f", str(f))),
+        ],
         env={"PATH": "/usr/bin:/bin", "COMPOSE": f"{compose_binary()} --env-file {empty}", **(env or {})},
         capture_output=True,
         text=True,

@@ -167,6 +167,32 @@ def test_a_managed_database_replaces_the_postgres_service(tmp_path: Path) -> Non
     # That every client works with what is rendered, over verified TLS: test_managed_postgres.py, on a real server.
 
 
+def test_the_offsite_copy_keeps_its_files_on_swarm(tmp_path: Path) -> None:
+    """backup/compose.offsite.yaml on a swarm: the age recipient becomes a Swarm secret like the others; the S3
+    credentials, which the host renews in place (docs/deploy-aws.md), stay the node's file, bound read-only."""
+    offsite = REPO / "backup" / "compose.offsite.yaml"
+    stack = render_stack(tmp_path, {"BACKUP_S3_BUCKET": "tally-backups"}, extra=[offsite])
+    backup = stack["services"]["backup"]
+    env = backup["environment"]
+    assert env["BACKUP_S3_BUCKET"] == "tally-backups"
+    assert {"source": "backup_age_recipient", "target": "backup_age_recipient"} in backup["secrets"]
+    assert env["BACKUP_AGE_RECIPIENT_FILE"] == "/run/secrets/backup_age_recipient"
+    assert stack["secrets"]["backup_age_recipient"] == {"external": True}
+    binds = [m for m in backup["volumes"] if m["type"] == "bind"]
+    credentials = str(REPO / "secrets" / "aws_credentials")
+    target = env["AWS_SHARED_CREDENTIALS_FILE"]
+    assert binds == [{"type": "bind", "source": credentials, "target": target, "read_only": True}]
+    assert "aws_credentials" not in stack["secrets"]
+    docker = require_tool(ENGINE / "usr/bin/docker", "docker CLI", "scripts/install-docker-engine.sh (as root)")
+    loaded = subprocess.run(
+        [docker, "stack", "config", "-c", str(tmp_path / "tally-stack.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+
+
 def test_swarm_object_names_are_valid(stack: dict[str, Any]) -> None:
     # The engine refuses longer names or other characters only at deploy time (`docker stack config` passes).
     for config in stack["configs"].values():
