@@ -509,6 +509,9 @@ FAKE_CURL = r"""#!/bin/bash
 case "$*" in
   *"-X PUT"*/latest/api/token) echo imds-token ;;
   *"X-aws-ec2-metadata-token: imds-token"*/latest/meta-data/local-ipv4) echo 10.42.1.5 ;;
+  *"X-aws-ec2-metadata-token: imds-token"*/security-credentials/) echo tally-server-role ;;
+  *"X-aws-ec2-metadata-token: imds-token"*/security-credentials/tally-server-role)
+    echo '{"AccessKeyId": "ASIAFAKE", "SecretAccessKey": "s3cr3t", "Token": "tok"}' ;;
   *) echo "curl: (22) unexpected: $*" >&2; exit 22 ;;
 esac
 """
@@ -634,3 +637,57 @@ def test_swarm_manager_derives_blackbox_web_config_from_its_password(sandbox):
     (secrets / "blackbox_password").write_text("short")
     res = _swarm(sandbox, "derive_secrets")
     assert res.returncode != 0 and "failed the checks" in res.stderr
+
+
+# swarm/render.py as the manager runs it: records its arguments and whether the
+# backup credentials were already there, and writes a stack declaring SECRETS.
+FAKE_RENDER = r"""#!/bin/bash
+if [[ $1 != swarm/render.py ]]; then exec "$REAL_PYTHON" "$@"; fi
+creds=$(grep -c aws_access_key_id "$TALLY_CHECKOUT/secrets/aws_credentials" 2>/dev/null || true)
+printf '%s creds=%s\n' "$*" "${creds:-0}" >>"$FAKE_SSM_DIR/render.log"
+mkdir -p "$3"
+printf 'secrets:\n' >"$3/tally-stack.yaml"
+for name in $FAKE_STACK_SECRETS; do printf '  %s: {external: true}\n' "$name" >>"$3/tally-stack.yaml"; done
+"""
+
+
+@pytest.mark.parametrize("offsite", [True, False], ids=["with-age-recipient", "without"])
+def test_swarm_manager_sets_up_the_offsite_copy_like_one_host(sandbox, offsite):
+    """With a recipient the manager renders the offsite overlay, and renews the credentials its bind mount reads."""
+    bindir, store, tmp = sandbox["tmp"] / "bin", sandbox["store"], sandbox["tmp"]
+    _write_exe(bindir / "curl", FAKE_CURL)
+    _write_exe(bindir / "python3", FAKE_RENDER)
+    (tmp / "systemd").mkdir()
+    age = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" if offsite else ""
+    stubs = "apt_install fetch_repo write_db_password write_db_ca derive_secrets write_dotenv swarm_init wait_healthy"
+    res = _swarm(
+        sandbox,
+        f'for f in {stubs}; do eval "$f() {{ :; }}"; done; swarm_manager',
+        TALLY_BACKUP_AGE_RECIPIENT=age,
+        TALLY_STACK_DIR=str(tmp / "stack"),
+        TALLY_SYSTEMD_DIR=str(tmp / "systemd"),
+        TALLY_IMDS_URL="http://imds.invalid",
+        TALLY_DATABASE_HOST="tally-0001.abcdefghijkl.eu-west-1.rds.amazonaws.com",
+        REAL_PYTHON=sys.executable,
+        FAKE_STACK_SECRETS="secret_key backup_age_recipient" if offsite else "secret_key",
+    )
+    assert res.returncode == 0, res.stderr
+    secrets = sandbox["checkout"] / "secrets"
+    render = (store / "render.log").read_text()
+    docker = (store / "docker.log").read_text()
+    assert f"stack deploy --detach=true -c {tmp / 'stack' / 'tally-stack.yaml'} tally" in docker
+    if not offsite:
+        assert render == f"swarm/render.py --out {tmp / 'stack'} creds=0\n"
+        assert not (secrets / "aws_credentials").exists() and not any((tmp / "systemd").iterdir())
+        assert not (store / "systemctl.log").exists()
+        return
+    # The overlay, with the role's credentials already in the file the backup task binds.
+    assert render == f"swarm/render.py --out {tmp / 'stack'} -f backup/compose.offsite.yaml creds=1\n"
+    assert "aws_session_token = tok" in (secrets / "aws_credentials").read_text()
+    assert "secret create --label tally.sha256=" in docker and docker.rstrip().count(" backup_age_recipient ") == 1
+    assert (secrets / "backup_age_recipient").read_text() == age + "\n"
+    timer = (tmp / "systemd" / "tally-backup-credentials.timer").read_text()
+    assert "OnUnitActiveSec=15min" in timer
+    service = (tmp / "systemd" / "tally-backup-credentials.service").read_text()
+    assert "ExecStart=/usr/local/sbin/tally-bootstrap backup-credentials" in service
+    assert "enable --now tally-backup-credentials.timer" in (store / "systemctl.log").read_text()

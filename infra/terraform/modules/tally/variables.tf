@@ -491,11 +491,6 @@ variable "backup_age_recipient" {
     condition     = var.backup_age_recipient == "" || can(regex("^age1[02-9ac-hj-np-z]{58}$", var.backup_age_recipient))
     error_message = "backup_age_recipient must be an age X25519 public key (age1 followed by 58 bech32 characters), or empty."
   }
-
-  validation {
-    condition     = var.database == "container" || var.backup_age_recipient == ""
-    error_message = "backup_age_recipient (offsite copies from the backup sidecar) is not wired for database = \"rds\" yet; RDS keeps its own automated backups (db_backup_retention_days)."
-  }
 }
 
 ###############################################################################

@@ -18,6 +18,7 @@ TALLY_CONFIG=${TALLY_CONFIG:-/etc/tally/bootstrap.env}
 TALLY_STACK_ENV=${TALLY_STACK_ENV:-/etc/tally/stack.env}
 TALLY_CHECKOUT=${TALLY_CHECKOUT:-/opt/tally}
 TALLY_FSTAB=${TALLY_FSTAB:-/etc/fstab}
+TALLY_SYSTEMD_DIR=${TALLY_SYSTEMD_DIR:-/etc/systemd/system}
 # How long transient SSM errors are retried before the bootstrap gives up.
 TALLY_SSM_RETRY_SECONDS=${TALLY_SSM_RETRY_SECONDS:-300}
 
@@ -306,7 +307,7 @@ print("aws_session_token = " + c["Token"])
 
 install_credentials_timer() {
   [[ -n ${TALLY_BACKUP_AGE_RECIPIENT:-} ]] || return 0
-  cat >/etc/systemd/system/tally-backup-credentials.service <<'UNIT'
+  cat >"$TALLY_SYSTEMD_DIR/tally-backup-credentials.service" <<'UNIT'
 [Unit]
 Description=Renew the Tally backup sidecar's S3 credentials from the instance role
 
@@ -314,7 +315,7 @@ Description=Renew the Tally backup sidecar's S3 credentials from the instance ro
 Type=oneshot
 ExecStart=/usr/local/sbin/tally-bootstrap backup-credentials
 UNIT
-  cat >/etc/systemd/system/tally-backup-credentials.timer <<'UNIT'
+  cat >"$TALLY_SYSTEMD_DIR/tally-backup-credentials.timer" <<'UNIT'
 [Unit]
 Description=Renew the Tally backup sidecar's S3 credentials every 15 minutes
 

@@ -6,7 +6,9 @@
 # TALLY_SWARM_ROLE decides:
 #   manager: mount the data volume, fetch the repository, write secrets/
 #            (SSM; postgres_password from the RDS-managed secret; db_ca from
-#            AWS's RDS trust store), publish dockerd's metrics on the private
+#            AWS's RDS trust store; with TALLY_BACKUP_AGE_RECIPIENT the
+#            offsite copy's files and their credentials timer, as on one
+#            host), publish dockerd's metrics on the private
 #            address :9323, `docker swarm init`, publish the worker
 #            join token in SSM, create the Swarm secrets, render and deploy
 #            the stack (swarm/render.py), wait for /healthz.
@@ -138,11 +140,32 @@ create_swarm_secrets() {
   done
 }
 
+# With a recipient, the offsite overlay as on one host: backup_age_recipient
+# becomes a Swarm secret; aws_credentials stays a read-only bind of
+# secrets/aws_credentials, which the credentials timer renews in place (a
+# Swarm secret cannot change).
 deploy_stack() {
+  local overlay=()
   cd "$TALLY_CHECKOUT"
-  TALLY_DATABASE_HOST=$TALLY_DATABASE_HOST python3 swarm/render.py --out "$TALLY_STACK_DIR"
+  [[ -z ${TALLY_BACKUP_AGE_RECIPIENT:-} ]] || overlay=(-f backup/compose.offsite.yaml)
+  TALLY_DATABASE_HOST=$TALLY_DATABASE_HOST python3 swarm/render.py --out "$TALLY_STACK_DIR" "${overlay[@]}"
   create_swarm_secrets "$TALLY_STACK_DIR/tally-stack.yaml"
   retry 900 docker stack deploy --detach=true -c "$TALLY_STACK_DIR/tally-stack.yaml" tally
+}
+
+swarm_manager() {
+  apt_install python3-yaml
+  fetch_repo
+  write_secrets
+  write_db_password
+  write_db_ca
+  derive_secrets
+  write_backup_credentials
+  install_credentials_timer
+  write_dotenv
+  swarm_init
+  deploy_stack
+  wait_healthy
 }
 
 swarm_main() {
@@ -164,16 +187,7 @@ swarm_main() {
   if [[ $TALLY_SWARM_ROLE == worker ]]; then
     swarm_join
   else
-    apt_install python3-yaml
-    fetch_repo
-    write_secrets
-    write_db_password
-    write_db_ca
-    derive_secrets
-    write_dotenv
-    swarm_init
-    deploy_stack
-    wait_healthy
+    swarm_manager
   fi
   date -u +%Y-%m-%dT%H:%M:%SZ >/etc/tally/bootstrap.done
 }

@@ -214,8 +214,9 @@ run "three_hosts_in_one_swarm" {
   command = plan
 
   variables {
-    database  = "rds"
-    app_hosts = 3
+    database             = "rds"
+    app_hosts            = 3
+    backup_age_recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
   }
 
   assert {
@@ -268,7 +269,28 @@ run "three_hosts_in_one_swarm" {
       ]) &&
       !strcontains(output.worker_user_data, "data-root") && yamldecode(output.worker_user_data).runcmd == [["/usr/local/sbin/tally-swarm"]]
     )
-    error_message = "A worker's cloud-init joins the swarm and carries no data volume, checkout or stack settings."
+    error_message = "A worker's cloud-init joins the swarm and carries no data volume, checkout, stack or offsite settings."
+  }
+
+  # Offsite copies as on one host: the manager (tally-swarm) writes the
+  # recipient and the role's credentials from these, and renders the overlay.
+  assert {
+    condition = (
+      contains(split("\n", one([for f in yamldecode(output.user_data).write_files : f.content if f.path == "/etc/tally/bootstrap.env"])),
+      "TALLY_BACKUP_AGE_RECIPIENT='age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p'") &&
+      alltrue([for line in ["BACKUP_S3_BUCKET='tally-backups-123456789012-eu-west-1'", "BACKUP_S3_REGION='eu-west-1'", "AWS_DEFAULT_REGION='eu-west-1'"] :
+      contains(split("\n", one([for f in yamldecode(output.user_data).write_files : f.content if f.path == "/etc/tally/stack.env"])), line)]) &&
+      length(aws_instance.this.user_data_base64) < 16384
+    )
+    error_message = "With backup_age_recipient the manager's cloud-init must carry the recipient and the bucket, within 16 KiB."
+  }
+
+  assert {
+    condition = (
+      [for st in jsondecode(aws_iam_role_policy.instance.policy).Statement : st.Resource if st.Sid == "BackupObjects"] == ["arn:aws:s3:::tally-backups-123456789012-eu-west-1/*"] &&
+      !strcontains(aws_iam_role_policy.instance.policy, "s3:Delete") && !strcontains(aws_iam_role_policy.worker[0].policy, "s3:")
+    )
+    error_message = "The manager's role may write the offsite copies (never delete them); workers get no S3 access."
   }
 
   assert {
@@ -303,9 +325,8 @@ run "refuses_unsupported_combinations" {
     create_vpc               = false
     tally_image              = ""
     tally_backup_image       = ""
-    backup_age_recipient     = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
     db_backup_retention_days = 3
   }
 
-  expect_failures = [var.create_vpc, var.tally_image, var.backup_age_recipient, var.app_hosts, var.db_backup_retention_days]
+  expect_failures = [var.create_vpc, var.tally_image, var.app_hosts, var.db_backup_retention_days]
 }
