@@ -138,16 +138,20 @@ def test_secrets_and_config_files_keep_their_paths(stack: dict[str, Any], model:
     }
 
 
-def test_docker_accepts_the_stack_file(tmp_path: Path) -> None:
-    render_stack(tmp_path)
+def assert_docker_accepts(stack_dir: Path) -> None:
     docker = require_tool(ENGINE / "usr/bin/docker", "docker CLI", "scripts/install-docker-engine.sh (as root)")
     result = subprocess.run(
-        [docker, "stack", "config", "-c", str(tmp_path / "tally-stack.yaml")],
+        [docker, "stack", "config", "-c", str(stack_dir / "tally-stack.yaml")],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_docker_accepts_the_stack_file(tmp_path: Path) -> None:
+    render_stack(tmp_path)
+    assert_docker_accepts(tmp_path)
 
 
 def test_a_managed_database_replaces_the_postgres_service(tmp_path: Path) -> None:
@@ -183,14 +187,7 @@ def test_the_offsite_copy_keeps_its_files_on_swarm(tmp_path: Path) -> None:
     target = env["AWS_SHARED_CREDENTIALS_FILE"]
     assert binds == [{"type": "bind", "source": credentials, "target": target, "read_only": True}]
     assert "aws_credentials" not in stack["secrets"]
-    docker = require_tool(ENGINE / "usr/bin/docker", "docker CLI", "scripts/install-docker-engine.sh (as root)")
-    loaded = subprocess.run(
-        [docker, "stack", "config", "-c", str(tmp_path / "tally-stack.yaml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert loaded.returncode == 0, loaded.stderr
+    assert_docker_accepts(tmp_path)
 
 
 def test_swarm_object_names_are_valid(stack: dict[str, Any]) -> None:
