@@ -94,7 +94,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'); sys.exit(0 if urllib.request.urlopen(url, timeout=2).status == 200 else 1)"]
 
 # gunicorn is PID 1 (exec form, no shell): SIGTERM reaches the master, which serves on for SHUTDOWN_DELAY
-# (compose: 5 s), then stops accepting and lets in-flight requests finish within GUNICORN_GRACEFUL_TIMEOUT
+# (5 s by default), then stops accepting and lets in-flight requests finish within GUNICORN_GRACEFUL_TIMEOUT
 # (20 s): 25 s < compose stop_grace_period (30 s).
 STOPSIGNAL SIGTERM
 CMD ["gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"]
