@@ -82,6 +82,9 @@ prune_bases() {
   local oldest=${names[$((${#names[@]} > BACKUP_BASE_KEEP ? BACKUP_BASE_KEEP - 1 : ${#names[@]} - 1))]} start
   start=$(base_start_segment "$oldest")
   [[ $start =~ $SEGMENT_RE ]] || { log "cannot read the start WAL file of $oldest; archive left as is"; return 0; }
+  # A segment completed just before this base backup may still wait in the stream directory for the
+  # scheduler's next pass; moved now, it is cleaned now instead of staying until the next base backup.
+  wal_archive_completed
   pg_archivecleanup "$WAL_ARCHIVE" "$start" || log "pg_archivecleanup failed; archive left as is"
 }
 
