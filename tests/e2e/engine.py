@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.procs import free_port, start_logged, wait_until
+from swarm.render import ENGINE_METRICS_PORT
 from tests.stack.stackutil import REPO, compose_binary, render
 
 DOCKER_HOME = Path(os.environ.get("TALLY_DOCKER_HOME", "/opt/tally-docker"))
@@ -34,12 +35,25 @@ E2E = Path(__file__).resolve().parent
 OVERRIDE = E2E / "compose.e2e.yaml"
 # docker0's address (dockerd's usual default, fixed here because the metrics listener binds it).
 BRIDGE_ADDRESS = "172.17.0.1"
-ENGINE_METRICS_PORT = 9323
 # Services the e2e cannot run: no image of them can be had without a registry (docs/container-testing.md).
 LEFT_OUT = frozenset({"cadvisor"})
 # Build args of the app image (fixed, so a warm build is a full cache hit); /version must show them.
 BUILD_NUMBER = "7321"
 GIT_COMMIT = "5a0c0ffee5a0c0ffee5a0c0ffee5a0c0ffee5a0c"
+
+
+def alert_in_log(log: str, alertname: str, status: str = "firing") -> bool:
+    """Whether the alert logger's output (one webhook payload per JSON line, alertmanager/webhook_logger.py)
+    holds a notification of ``alertname`` in ``status``; lines that are not JSON are the server's own."""
+    for line in log.splitlines():
+        try:
+            record: dict[str, Any] = json.loads(line)
+        except ValueError:
+            continue
+        for alert in record.get("alerts") or []:
+            if alert["labels"].get("alertname") == alertname and alert["status"] == status:
+                return True
+    return False
 
 
 @dataclass

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from harness.procs import wait_until
 from loadtest.background import Load
-from tests.e2e.engine import ENGINE, Stack
+from tests.e2e.engine import ENGINE, Stack, alert_in_log
 from tests.e2e.test_1_stack import replica_visits, stats, visit_figure
 from tests.stack.stackutil import REPO
 
@@ -22,15 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def delivered(stack: Stack, alertname: str, status: str = "firing") -> bool:
-    for line in stack.logs("alert-logger").splitlines():
-        try:
-            record: dict[str, Any] = json.loads(line)
-        except ValueError:
-            continue
-        for alert in record.get("alerts") or []:
-            if alert["labels"].get("alertname") == alertname and alert["status"] == status:
-                return True
-    return False
+    return alert_in_log(stack.logs("alert-logger"), alertname, status)
 
 
 def healthy_app_replicas(stack: Stack) -> int:

@@ -22,7 +22,16 @@ from harness.observability import write_secrets
 from harness.procs import free_port, wait_until
 from loadtest.background import Load
 from tests.e2e import client
-from tests.e2e.engine import BRIDGE_ADDRESS, ENGINE, OVERRIDE, Engine, image_refs, start_worker, stop_worker
+from tests.e2e.engine import (
+    BRIDGE_ADDRESS,
+    ENGINE,
+    OVERRIDE,
+    Engine,
+    alert_in_log,
+    image_refs,
+    start_worker,
+    stop_worker,
+)
 from tests.stack.stackutil import REPO, compose_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -60,10 +69,10 @@ class Swarm:
 
     def healthy_containers(self, service: str, nodes: list[Engine] | None = None) -> list[str]:
         """On the given nodes; by default on every node (the manager's engine and the workers')."""
+        filters = ["--filter", f"label=com.docker.swarm.service.name={NAME}_{service}", "--filter", "health=healthy"]
         found = []
         for node in nodes if nodes is not None else [self.engine, *self.workers]:
-            label, health = f"label=com.docker.swarm.service.name={NAME}_{service}", "health=healthy"
-            found += node.docker("ps", "-q", "--filter", label, "--filter", health).stdout.split()
+            found += node.docker("ps", "-q", *filters).stdout.split()
         return found
 
     def container(self, service: str) -> str:
@@ -99,13 +108,7 @@ class Swarm:
 
     def delivered(self, alertname: str) -> bool:
         logs = self.engine.docker("service", "logs", "--raw", f"{NAME}_alert-logger", check=False).stdout
-        for line in logs.splitlines():
-            if not line.startswith("{"):
-                continue
-            alerts = json.loads(line).get("alerts") or []
-            if any(a["labels"].get("alertname") == alertname and a["status"] == "firing" for a in alerts):
-                return True
-        return False
+        return alert_in_log(logs, alertname)
 
     def wait_app(self, replicas: int, image: str) -> None:
         def ready() -> bool:
