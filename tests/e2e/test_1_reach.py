@@ -116,7 +116,7 @@ def test_only_traefik_reaches_the_app_port(stack: Stack) -> None:
             status = http_from_postgres(stack, ip_on(stack, replica, "db-app"), path)
             assert status.startswith("HTTP/1.1 403"), (replica, path, status)
     assert stats(stack)["total_visits"] == before
-    # And from the monitoring network (Alertmanager, Grafana): neither the page nor the app's metrics.
+    # And from Alertmanager and Grafana: neither the page nor the app's metrics.
     for service in ("alertmanager", "grafana"):
         assert wget(stack, service, "http://prometheus:9090/-/healthy"), f"{service}: control failed"
         for target in ("app:8000", "app:9200", f"{ip_on(stack, replicas[0], 'app')}:8000"):
@@ -227,6 +227,17 @@ def test_metrics_listeners_refuse_their_network_neighbours(stack: Stack) -> None
     logs = [json.loads(line) for line in stack.logs("app").splitlines() if "refused a peer" in line]
     assert any(entry.get("listener") == "metrics" and entry.get("peer") == traefik_address for entry in logs), logs[-5:]
     # Prometheus, the one reader: both jobs up (test_only_prometheus_reaches_the_metrics_ports waits for that).
+
+
+def test_grafana_queries_prometheus_but_cannot_reach_alertmanager(stack: Stack) -> None:
+    """Alertmanager's API has no authentication: whoever reaches it can silence every alert. Grafana, the one
+    monitoring service with a router, meets Prometheus on `dashboards` and shares no network with it."""
+    alertmanager = stack.container_ids("alertmanager")[0]
+    by_address = f"http://{ip_on(stack, alertmanager, 'monitoring')}:9093/-/healthy"
+    assert wget(stack, "grafana", "http://prometheus:9090/-/healthy"), "grafana: control failed"
+    assert wget(stack, "prometheus", by_address), "prometheus: control failed"
+    for url in ("http://alertmanager:9093/-/healthy", by_address):
+        assert not wget(stack, "grafana", url), f"grafana reaches {url}"
 
 
 def test_blackbox_serves_only_prometheus(stack: Stack) -> None:
