@@ -231,7 +231,7 @@ def test_metrics_listeners_refuse_their_network_neighbours(stack: Stack) -> None
 
 def test_grafana_queries_prometheus_but_cannot_reach_alertmanager(stack: Stack) -> None:
     """Alertmanager's API has no authentication: whoever reaches it can silence every alert. Grafana, the one
-    monitoring service with a router, meets Prometheus on `dashboards` and shares no network with it."""
+    monitoring service with a router, meets Prometheus on `dashboards` and shares no network with Alertmanager."""
     alertmanager = stack.container_ids("alertmanager")[0]
     by_address = f"http://{ip_on(stack, alertmanager, 'monitoring')}:9093/-/healthy"
     assert wget(stack, "grafana", "http://prometheus:9090/-/healthy"), "grafana: control failed"
