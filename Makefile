@@ -110,6 +110,10 @@ bench: deps ## side-by-side benchmark, interleaved rounds: GET / vs composite (h
 bench-profile: deps ## CPU and round trips of one visit in the app process (robust on a busy machine)
 	$(BIN)/python -m bench.profile_visit
 
+.PHONY: bench-profile-load
+bench-profile-load: deps ## CPU per request of the gunicorn workers under wrk, sampled with py-spy: hello-world, floor, GET / (~3 min)
+	$(BIN)/python -m bench.profile_load
+
 HOST ?= http://127.0.0.1:8000
 SHAPE ?= smoke
 .PHONY: loadtest

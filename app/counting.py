@@ -182,7 +182,7 @@ def _postgres_visit(engine: Engine, params: dict[str, object]) -> tuple[Any, ...
     cursor = None
     try:
         cursor = connection.cursor()
-        row = _execute_visit(cursor, connection.info, params)
+        row = execute_visit(cursor, connection.info, params)
         # A no-op without a round trip on the app's autocommit engine (app/db.py); commits elsewhere.
         connection.commit()
         return tuple(row)
@@ -197,8 +197,11 @@ def _postgres_visit(engine: Engine, params: dict[str, object]) -> tuple[Any, ...
         connection.close()
 
 
-def _execute_visit(cursor: Any, info: dict[Any, Any], params: dict[str, object]) -> Any:
-    # The pool keeps `info` with the driver connection; a replaced connection starts empty.
+def execute_visit(cursor: Any, info: dict[Any, Any], params: dict[str, object]) -> Any:
+    """The visit statement on a driver cursor, prepared once per server session: a visit's one round trip.
+
+    ``info`` belongs to the driver connection: the pool keeps it with the connection, so a replaced one
+    starts empty (bench/floor.py keeps its own)."""
     prepared = info.get(VISIT_STATEMENT_NAME)
     if prepared is not False:
         try:

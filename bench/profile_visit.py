@@ -27,14 +27,16 @@ from typing import Any
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 AREAS = (
-    ("site-packages/psycopg", "driver (psycopg)"),
+    ("psycopg", "driver (psycopg)"),
     ("sqlalchemy", "SQLAlchemy"),
     ("jinja2", "templates (Jinja2)"),
     ("prometheus", "metrics (prometheus)"),
     ("werkzeug", "Werkzeug"),
     ("flask", "Flask"),
     ("/app/", "app code"),
+    ("gunicorn", "gunicorn"),
 )
+OTHER_AREA = "other (stdlib, C calls)"
 
 
 def environ(address: str) -> dict[str, Any]:
@@ -75,13 +77,16 @@ def measure(app: WSGIApp, addresses: list[str]) -> float:
     return 1e6 * (time.process_time() - started) / len(addresses)
 
 
+def area_of(filename: str) -> str:
+    return next((label for key, label in AREAS if key in filename), OTHER_AREA)
+
+
 def areas(profile: cProfile.Profile) -> dict[str, float]:
     """Own (tottime) CPU by library, in percent: where the time goes, without double counting."""
     stats = pstats.Stats(profile)
     totals: Counter[str] = Counter()
     for (filename, _line, _name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        label = next((label for key, label in AREAS if key in filename), "other (stdlib, C calls)")
-        totals[label] += tottime
+        totals[area_of(filename)] += tottime
     whole = sum(totals.values()) or 1.0
     return {label: round(100 * value / whole, 1) for label, value in totals.most_common()}
 

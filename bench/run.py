@@ -8,9 +8,10 @@ What it starts (all on 127.0.0.1, all stopped by PID at the end):
   commits, shared_buffers 256MB, max_connections 100; the test fixture turns durability off for speed).
 - The app under the production gunicorn.conf.py with TRUSTED_PROXY_HOPS=1, so the generator can
   play new visitors through X-Forwarded-For.
-- The same gunicorn.conf.py serving bench/hello.py: the framework ceiling.
+- The same gunicorn.conf.py serving bench/hello.py: the framework ceiling; and serving bench/floor.py:
+  hello-world plus the app's visit statement and nothing else, the floor any Flask visit pays here.
 
-What it measures for each size, ``--rounds`` times, interleaved (hello, returning, new, pgbench
+What it measures for each size, ``--rounds`` times, interleaved (hello, floor, returning, new, pgbench
 returning, pgbench new, then again), so that one noisy moment cannot decide a ratio:
 - max throughput with wrk (closed loop, ``--connections`` connections, one wrk thread, the visitor
   scripts in loadtest/wrk/);
@@ -20,7 +21,9 @@ returning, pgbench new, then again), so that one noisy moment cannot decide a ra
   app prepares it, for returning and new visitors: the database ceiling.
 - the composite ceiling per round, ``1 / (1 / hello + 1 / pgbench)``: what a visit would cost if the
   app added nothing to a hello-world route and the database's work. ``new/composite`` and
-  ``returning/composite`` are reported as the median of the rounds with their min-max spread.
+  ``returning/composite`` are reported as the median of the rounds with their min-max spread, and so
+  are ``floor/composite`` (the floor against the same composite as new visitors) and ``new/floor`` (what
+  the app's additions around the statement cost).
 - CPU seconds used by the app, PostgreSQL and the load generator, and what the app's database
   sessions were waiting on (pg_stat_activity samples): where it saturates.
 
@@ -48,7 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from decimal import Decimal
 from functools import partial
@@ -77,7 +80,7 @@ TARGETS = {"visit_vs_composite": 0.8, "large_vs_small": 0.90, "p99_at_80pct_ms":
 LOAD_FRACTION = 0.8
 MAX_ATTEMPTS = 3
 BALANCED = 0.5
-ROUND_KINDS = ("hello", "returning", "new", "pgbench_returning", "pgbench_new")
+ROUND_KINDS = ("hello", "floor", "returning", "new", "pgbench_returning", "pgbench_new")
 
 
 # --------------------------------------------------------------------------------------------- tools
@@ -211,7 +214,7 @@ class Observer:
         # gunicorn workers (the masters' direct children): keep-alive connections stay with the worker
         # that accepted them, so the split between workers explains runs that stop short of the CPU.
         self.workers: dict[str, list[int]] = {}
-        for name in ("app", "hello"):
+        for name in ("app", "hello", "floor"):
             try:
                 self.workers[name] = [child.pid for child in psutil.Process(self.roots[name]).children()]
             except (KeyError, psutil.Error):
@@ -353,12 +356,32 @@ def pgbench(pg: PostgresServer, database: str, kind: str, clients: int, duration
 # ------------------------------------------------------------------------------------- servers
 
 
+# WSGI callable and the path that says it is up; the floor's "/" would count a visit.
+REFERENCE_APPS = {"hello": ("bench.hello:app", "/"), "floor": ("bench.floor:app", "/healthz")}
+
+
 @contextmanager
-def hello_server(env: dict[str, str], work: Path) -> Iterator[tuple[str, int]]:
-    """bench/hello.py under the same gunicorn.conf.py: only the WSGI callable differs from the app."""
+def scratch_postgres(prefix: str) -> Iterator[tuple[PostgresServer, Path]]:
+    """PostgreSQL configured as in production and a work directory, both gone afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    pg = PostgresServer.create(max_connections=PRODUCTION_MAX_CONNECTIONS, extra_settings=PRODUCTION_SETTINGS)
+    try:
+        yield pg, work
+    finally:
+        pg.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def reference_server(
+    name: str, env: dict[str, str], work: Path, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
+    """bench/hello.py or bench/floor.py under the same gunicorn.conf.py: only the WSGI callable differs from
+    the app's server."""
     # gunicorn.conf.py wipes the multiprocess directory at start: it must not be the app's.
-    env = env | {"PORT": "", "METRICS_PORT": "", "PROMETHEUS_MULTIPROC_DIR": str(work / "hello-multiproc")}
-    server = run_gunicorn(env, work / "hello.log", wsgi_app="bench.hello:app", ready_path="/")
+    env = env | {"PORT": "", "METRICS_PORT": "", "PROMETHEUS_MULTIPROC_DIR": str(work / f"{name}-multiproc")}
+    wsgi_app, ready_path = REFERENCE_APPS[name]
+    server = run_gunicorn(env, work / f"{name}.log", wsgi_app=wsgi_app, ready_path=ready_path, extra_args=extra_args)
     try:
         yield server.url, server.process.pid
     finally:
@@ -387,6 +410,7 @@ def measure_max(
     observer_roots: dict[str, int],
     dsn: str,
     count_visits: Any = None,
+    server: str = "app",
 ) -> dict[str, Any]:
     try:
         wrk(url, script, args.warmup, args.connections)
@@ -398,7 +422,6 @@ def measure_max(
     # measures one worker, not the server: retry (fresh connections) until the split is even, at most
     # 3 times, keep the most even attempt, and record every attempt.
     attempts: list[dict[str, Any]] = []
-    server = "hello" if "hello" in name else "app"
     for _ in range(MAX_ATTEMPTS):
         before = count_visits() if count_visits else 0
         with Observer(observer_roots, dsn) as observer:
@@ -407,7 +430,7 @@ def measure_max(
         if count_visits:
             # A benchmark of error pages would flatter us: every wrk response must have been a counted visit.
             attempt["visits_recorded"] = count_visits() - before
-        attempt["worker_balance"] = _balance(attempt["worker_cpu_pct"].get(server, []))
+        attempt["worker_balance"] = worker_balance(attempt["worker_cpu_pct"].get(server, []))
         attempts.append(attempt)
         if attempt["worker_balance"] >= BALANCED:
             break
@@ -466,16 +489,25 @@ def composite(hello_rps: float, db_tps: float) -> float:
 
 def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for kind in ROUND_KINDS:
+    # Runs recorded before the floor existed have no "floor".
+    kinds = [kind for kind in ROUND_KINDS if all(kind in r for r in rounds)]
+    for kind in kinds:
         summary[f"{kind}_rps"] = spread([r[kind]["rps"] for r in rounds])
         summary[f"{kind}_other_cpu_pct"] = spread([r[kind].get("other_cpu_pct", 0.0) for r in rounds])
-    for kind in ("returning", "new"):
-        composites = [composite(r["hello"]["rps"], r[f"pgbench_{kind}"]["rps"]) for r in rounds]
+    for kind in ("returning", "new", "floor"):
+        if kind not in kinds:
+            continue
+        # The floor plays new visitors: its database work is the new visitors' statement.
+        database = "pgbench_returning" if kind == "returning" else "pgbench_new"
+        composites = [composite(r["hello"]["rps"], r[database]["rps"]) for r in rounds]
         summary[f"{kind}_composite_rps"] = spread(composites)
         summary[f"{kind}_vs_composite"] = spread(
             [r[kind]["rps"] / c if c else 0.0 for r, c in zip(rounds, composites, strict=True)]
         )
         summary[f"{kind}_vs_hello"] = spread([r[kind]["rps"] / r["hello"]["rps"] for r in rounds])
+    if "floor" in kinds:
+        # What the app adds around the statement costs the route this share of the floor's throughput.
+        summary["new_vs_floor"] = spread([r["new"]["rps"] / r["floor"]["rps"] for r in rounds])
     return summary
 
 
@@ -502,7 +534,7 @@ def _cpu_cost(result: dict[str, Any], duration: float) -> None:
     result["cpu_bound_ceiling_rps"] = round((psutil.cpu_count() or 1) * 1000 / total) if total else None
 
 
-def _balance(split: list[float]) -> float:
+def worker_balance(split: list[float]) -> float:
     """Least busy worker's CPU over the busiest one's: 1 = even, 0 = one worker did everything."""
     return round(min(split) / max(split), 2) if len(split) >= 2 and max(split) > 0 else 1.0
 
@@ -579,6 +611,9 @@ def ratios_and_targets(sizes: dict[str, Any]) -> tuple[dict[str, Any], list[dict
                     "met": p99 < TARGETS["p99_at_80pct_ms"] and data[kind]["at_80pct"]["errors"] == 0,
                 }
             )
+        for name in ("floor_vs_composite", "floor_vs_hello", "new_vs_floor"):
+            if name in summary:
+                ratios[f"{name}@{size}"] = summary[name]
         one_shard = data.get("pgbench_new_one_shard", {}).get("rps")
         if one_shard:
             ratios[f"sharded_vs_one_counter_row@{size}"] = round(summary["pgbench_new_rps"]["median"] / one_shard, 3)
@@ -609,19 +644,23 @@ def table(report: dict[str, Any]) -> str:
     for size, data in report["sizes"].items():
         for kind, label in (
             ("hello", "hello-world Flask (fixed rate: GET / new's)"),
+            ("floor", "floor: hello-world + visit SQL, new"),
             ("returning", "GET / returning"),
             ("new", "GET / new"),
             ("pgbench_returning", "pgbench visit, returning"),
             ("pgbench_new", "pgbench visit, new"),
             ("pgbench_new_one_shard", "pgbench visit, new, 1 shard"),
         ):
+            if kind not in data:
+                continue
             result = data[kind]
             peak = result.get("max", result)
             cpu = peak["cpu_pct"]
-            app_cpu = cpu.get("hello" if kind == "hello" else "app", 0.0) if "max" in result else 0.0
+            server = kind if kind in REFERENCE_APPS else "app"
+            app_cpu = cpu.get(server, 0.0) if "max" in result else 0.0
             gen = round(100 * peak["generator_cpu_s"] / report["config"]["duration_s"], 1)
             cpu_text = f"{app_cpu:g} / {cpu.get('postgres', 0.0):g} / {gen:g} / {peak.get('other_cpu_pct', 0.0):g}"
-            split = peak.get("worker_cpu_pct", {}).get("hello" if kind == "hello" else "app")
+            split = peak.get("worker_cpu_pct", {}).get(server)
             if split and "max" in result:
                 cpu_text += " (workers " + " + ".join(f"{value:g}" for value in split) + ")"
             if "at_80pct" in result:
@@ -636,14 +675,18 @@ def table(report: dict[str, Any]) -> str:
             )
     lines.append("")
     lines.append(
-        "| visitors | ratio (median of rounds) | median | min – max | composite req/s | spread of GET / req/s"
+        "| visitors | ratio (median of rounds) | median | min – max | composite req/s | spread of req/s"
         " | other CPU % (median) |"
     )
     lines.append("|---:|---|---:|---|---:|---:|---:|")
     for size, data in report["sizes"].items():
         summary = data["summary"]
-        for kind in ("new", "returning"):
-            for base in ("composite", "hello"):
+        for kind in ("new", "returning", "floor"):
+            if f"{kind}_vs_composite" not in summary:
+                continue
+            for base in ("composite", "hello", "floor"):
+                if f"{kind}_vs_{base}" not in summary:
+                    continue
                 ratio = summary[f"{kind}_vs_{base}"]
                 ceiling = summary[f"{kind}_composite_rps"]["median"] if base == "composite" else "-"
                 lines.append(
@@ -693,10 +736,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    work = Path(tempfile.mkdtemp(prefix="tally-bench-"))
-    pg = PostgresServer.create(max_connections=PRODUCTION_MAX_CONNECTIONS, extra_settings=PRODUCTION_SETTINGS)
-    app = None
-    try:
+    with scratch_postgres("tally-bench-") as (pg, work), ExitStack() as servers_to_stop:
         database = "tally"
         url = pg.create_database(database)
         migrated = migrate(url, work)
@@ -704,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench: migration failed:\n{migrated.stderr}")
         env = base_env(url, work, TRUSTED_PROXY_HOPS="1")
         app = run_gunicorn(env, work / "app.log")
+        servers_to_stop.callback(app.stop)
         postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
         version = pg.execute("SHOW server_version")[0][0]
         effective = {
@@ -729,9 +770,12 @@ def main(argv: list[str] | None = None) -> int:
             },
             "sizes": {},
         }
-        with hello_server(env, work) as (hello_url, hello_pid):
-            roots = {"app": app.process.pid, "hello": hello_pid, "postgres": postmaster}
-            dsn = pg.dsn(database)
+        dsn = pg.dsn(database)
+        with (
+            reference_server("hello", env, work) as (hello_url, hello_pid),
+            reference_server("floor", env | {"BENCH_FLOOR_DSN": dsn}, work) as (floor_url, floor_pid),
+        ):
+            roots = {"app": app.process.pid, "hello": hello_pid, "floor": floor_pid, "postgres": postmaster}
             seeded = 0
             for size in sizes:
                 print(f"seeding {size:,} visitors ...", file=sys.stderr, flush=True)
@@ -742,7 +786,12 @@ def main(argv: list[str] | None = None) -> int:
                 counted = partial(visits_recorded, pg, database)
                 returning_lua, new_lua = WRK_SCRIPTS / "returning_visitor.lua", WRK_SCRIPTS / "new_visitor.lua"
                 steps: dict[str, Callable[[], dict[str, Any]]] = {
-                    "hello": partial(measure_max, "hello-world", hello_url, returning_lua, args, roots, dsn),
+                    "hello": partial(
+                        measure_max, "hello-world", hello_url, returning_lua, args, roots, dsn, server="hello"
+                    ),
+                    "floor": partial(
+                        measure_max, "floor (visit SQL)", floor_url, new_lua, args, roots, dsn, counted, server="floor"
+                    ),
                     "returning": partial(
                         measure_max, "GET / returning", app.url, returning_lua, args, roots, dsn, counted
                     ),
@@ -784,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
                     "max": representative(rounds, "hello"),
                     "at_80pct": control | {"note": "at GET / new's 80 % rate"},
                 }
+                results["floor"] = {"max": representative(rounds, "floor")}
                 results["db_after"] = check_invariants(pg, database)
                 report["sizes"][str(size)] = results
         report["ratios"], report["targets"] = ratios_and_targets(report["sizes"])
@@ -793,11 +843,6 @@ def main(argv: list[str] | None = None) -> int:
         print(table(report))
         print(f"\nJSON: {args.output}")
         return 1 if args.strict and not report["all_targets_met"] else 0
-    finally:
-        if app is not None:
-            app.stop()
-        pg.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

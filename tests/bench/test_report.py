@@ -33,6 +33,21 @@ def test_rounds_are_summarised_as_median_and_spread_of_per_round_ratios() -> Non
     assert summary["hello_rps"]["spread_pct"] == 150.0
 
 
+def test_the_floor_is_summarised_against_the_new_visitors_composite() -> None:
+    rounds = [
+        {"hello": {"rps": 2000.0}, "floor": {"rps": 800.0}, "returning": {"rps": 300.0}, "new": {"rps": 400.0},
+         "pgbench_returning": {"rps": 6000.0}, "pgbench_new": {"rps": 2000.0}},
+    ]  # fmt: skip
+    summary = summarise_rounds(rounds)
+    # Composite with pgbench new: 1000 req/s, whatever pgbench returning did.
+    assert summary["floor_vs_composite"]["median"] == 0.8
+    assert summary["floor_vs_hello"]["median"] == 0.4
+    assert summary["new_vs_floor"]["median"] == 0.5
+    assert "| floor / composite | 0.80 |" in table(
+        {"sizes": {"1000": {"summary": summary}}, "targets": [], "config": {"duration_s": 10}}
+    ).replace("| 1,000 ", "")
+
+
 def test_recorded_results_match_their_rounds() -> None:
     """bench/results/latest.json is what docs/capacity.md quotes: its ratios must follow from its rounds."""
     report = json.loads(DEFAULT_OUTPUT.read_text())
